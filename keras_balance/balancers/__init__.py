@@ -1,0 +1,33 @@
+"""Balancers: the rules that turn K loss terms (or their gradients) into one update.
+
+`get("relobralo")` returns a balancer by name; `available()` lists them.
+"""
+
+from keras_balance.balancers.base import (
+    GRADIENT_LEVEL,
+    LOSS_LEVEL,
+    Balancer,
+    GradientBalancer,
+    LossBalancer,
+)
+from keras_balance.balancers.fixed import Sum
+from keras_balance.balancers.registry import available, deserialize, get, register, serialize
+from keras_balance.balancers.relobralo import ReLoBRaLo
+
+register("sum", Sum)
+register("relobralo", ReLoBRaLo)
+
+__all__ = [
+    "Balancer",
+    "LossBalancer",
+    "GradientBalancer",
+    "LOSS_LEVEL",
+    "GRADIENT_LEVEL",
+    "Sum",
+    "ReLoBRaLo",
+    "available",
+    "get",
+    "register",
+    "serialize",
+    "deserialize",
+]

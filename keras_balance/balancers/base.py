@@ -1,0 +1,269 @@
+"""The two balancer contracts.
+
+A *loss-level* balancer turns a vector of K scalar losses into K weights:
+
+    weights = balancer(losses)          # losses: shape (K,), weights: shape (K,)
+
+A *gradient-level* balancer turns a K x P Jacobian (row i is the gradient of
+loss i) into one P-vector direction:
+
+    direction = balancer.aggregate(jacobian)
+
+Both are Keras layers, so their state (initial losses, running weights, random
+generator state) lives in Keras variables that `model.save`, checkpoints and
+`tf.distribute` see, and both round-trip through `get_config`/`from_config`.
+This module knows nothing of models, PDEs or plotting.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+LOSS_LEVEL = "loss"
+GRADIENT_LEVEL = "gradient"
+
+NAN_POLICIES = ("skip", "raise")
+
+
+def check_range(name, value, low, high, *, low_open=False, high_open=False):
+    """Validate that a float hyper-parameter lies in an interval.
+
+    Raises a `ValueError` that names the argument, the expected interval and
+    the value received.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Argument `{name}` must be a number; received {name}={value!r} "
+            f"(of type {type(value).__name__})."
+        ) from None
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if math.isnan(number) or too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(
+            f"Argument `{name}` must be in {left}{low}, {high}{right}; "
+            f"received {name}={value!r}."
+        )
+    return number
+
+
+def check_positive(name, value):
+    """Validate that a float hyper-parameter is strictly positive and finite."""
+    return check_range(name, value, 0.0, math.inf, low_open=True, high_open=True)
+
+
+class Balancer(keras.layers.Layer):
+    """Base class of every balancer.
+
+    Subclasses set the class attribute `kind` (`"loss"` or `"gradient"`) and
+    `summary` (one line, shown by `keras-balance list`), create their state in
+    `build_state(num_terms)`, and implement the contract of their kind.
+
+    Args:
+        num_terms: optional number of loss terms K. When given, the state is
+            created at once; otherwise on the first call, or when a model or
+            loss adapter that knows K calls `build_for(K)`.
+        nan_policy: what to do when a loss (or gradient) is NaN or infinite.
+            `"skip"` (default): the balancer leaves its state untouched for that
+            step and returns the weights of the previous step, so one bad batch
+            cannot poison later steps. `"raise"`: fail the step with an
+            `InvalidArgumentError` naming the balancer (eager and graph mode; XLA
+            drops assertions, so under `jit_compile=True` this acts as "skip").
+        name: layer name.
+    """
+
+    kind = None
+    summary = ""
+
+    def __init__(self, num_terms=None, nan_policy="skip", name=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(name=name, **kwargs)
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(
+                f"Argument `nan_policy` must be one of {NAN_POLICIES}; "
+                f"received nan_policy={nan_policy!r}."
+            )
+        self.nan_policy = nan_policy
+        self.num_terms = None
+        if num_terms is not None:
+            self.build_for(num_terms)
+
+    # -- state ---------------------------------------------------------------
+
+    def build_for(self, num_terms):
+        """Create the state for `num_terms` loss terms (idempotent)."""
+        if isinstance(num_terms, bool) or not isinstance(num_terms, int) or num_terms < 1:
+            raise ValueError(
+                "Argument `num_terms` must be a positive integer; "
+                f"received num_terms={num_terms!r}."
+            )
+        if self.built:
+            if num_terms != self.num_terms:
+                raise ValueError(
+                    f"Balancer '{self.name}' was built for {self.num_terms} loss "
+                    f"terms but received {num_terms} terms."
+                )
+            return
+        self.num_terms = num_terms
+        self.build_state(num_terms)
+        self._build_bookkeeping(num_terms)
+        self.built = True
+
+    def build(self, input_shape):
+        num_terms = input_shape[0]
+        if num_terms is None:
+            raise ValueError(
+                f"Balancer '{self.name}' needs a static number of loss terms; "
+                f"received input of shape {tuple(input_shape)}."
+            )
+        self.build_for(int(num_terms))
+
+    def build_state(self, num_terms):
+        """Create the Keras variables of the balancer. Default: no state."""
+
+    def _build_bookkeeping(self, num_terms):
+        """Variables every balancer of a kind keeps (set by the kind's base)."""
+
+    def _check_num_terms(self, values, what):
+        count = values.shape[0]
+        if values.shape.rank != {"losses": 1, "jacobian": 2}[what]:
+            raise ValueError(
+                f"Balancer '{self.name}' expects `{what}` of rank "
+                f"{ {'losses': 1, 'jacobian': 2}[what]}; received shape "
+                f"{tuple(values.shape)}."
+            )
+        if self.num_terms is not None and count is not None and count != self.num_terms:
+            raise ValueError(
+                f"Balancer '{self.name}' was built for {self.num_terms} loss "
+                f"terms but `{what}` has {count} rows (shape {tuple(values.shape)})."
+            )
+
+    def all_finite(self, values):
+        """A boolean scalar: are all `values` finite? Raises under "raise"."""
+        finite = tf.reduce_all(tf.math.is_finite(values))
+        if self.nan_policy == "raise":
+            tf.debugging.Assert(
+                finite,
+                [f"Balancer '{self.name}' received a non-finite value:", values],
+            )
+        return finite
+
+    # -- serialization -------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("trainable", "dtype"):
+            config.pop(key, None)
+        config.update({"num_terms": self.num_terms, "nan_policy": self.nan_policy})
+        return config
+
+
+class LossBalancer(Balancer):
+    """A balancer that weights the K losses by their values.
+
+    Subclasses implement `compute_weights(losses)`: given a float32 tensor of
+    shape (K,) it returns the K weights and updates the state. The base class
+    validates the input, applies the NaN policy (the state of the balancer is
+    restored and the previous weights are returned when a loss is not
+    finite), and records the latest weights in `self.term_weights`.
+
+    `combine(losses)` returns the scalar total used for training. By default
+    it is `sum_i stop_gradient(w_i) * L_i`; methods whose weights must carry
+    gradient (a generalized mean, learned uncertainties) override it.
+    """
+
+    kind = LOSS_LEVEL
+
+    def _build_bookkeeping(self, num_terms):
+        self.term_weights = self.add_weight(
+            shape=(num_terms,), initializer="ones", trainable=False, name="term_weights"
+        )
+
+    def __call__(self, losses, **kwargs):
+        if isinstance(losses, (list, tuple)):
+            losses = tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
+        return super().__call__(losses, **kwargs)
+
+    def call(self, losses):
+        losses = tf.cast(losses, self.term_weights.dtype)
+        self._check_num_terms(losses, "losses")
+        finite = self.all_finite(losses)
+        snapshot = [tf.identity(v.value) for v in self.state_variables]
+        weights = self.compute_weights(tf.where(tf.math.is_finite(losses), losses, 0.0))
+        # Skip policy: put the state back and reuse the previous weights.
+        for var, old in zip(self.state_variables, snapshot):
+            var.assign(tf.where(finite, var.value, old))
+        weights = tf.where(finite, weights, self.term_weights.value)
+        self.term_weights.assign(weights)
+        return weights
+
+    @property
+    def state_variables(self):
+        """The variables `compute_weights` updates (all but the bookkeeping)."""
+        return [
+            v for v in self.non_trainable_variables if v is not self.term_weights
+        ]
+
+    def compute_weights(self, losses):
+        """Return K weights for `losses` (shape (K,)) and update the state."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `compute_weights(losses)`."
+        )
+
+    def combine(self, losses):
+        """Return `(total, weights)`: the scalar to minimize and the weights used."""
+        weights = self(losses)
+        losses = tf.cast(losses, weights.dtype)
+        return tf.reduce_sum(tf.stop_gradient(weights) * losses), weights
+
+    def evaluate(self, losses):
+        """Return `(total, weights)` with the current weights, leaving the state as is.
+
+        Used for validation: evaluating a model must not advance the balancer.
+        """
+        losses = tf.cast(tf.convert_to_tensor(losses), self.term_weights.dtype)
+        weights = self.term_weights.value
+        return tf.reduce_sum(weights * losses), weights
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class GradientBalancer(Balancer):
+    """A balancer that combines the K per-term gradients into one direction.
+
+    Following the weighting/aggregation split of TorchJD, a subclass
+    implements `gramian_weights(gramian)`: from the K x K Gramian
+    `G = J J^T` it returns K weights `w`, and the direction is `J^T w`.
+    Methods that need more than the Gramian override `aggregate` itself.
+
+    `aggregate(jacobian)` accepts a float32 or float64 tensor or NumPy array of
+    shape (K, P) and returns a (P,) tensor of the same dtype; the weights it
+    used are kept in `self.last_weights` (a NumPy-convertible tensor).
+    """
+
+    kind = GRADIENT_LEVEL
+
+    def aggregate(self, jacobian):
+        jacobian = tf.convert_to_tensor(jacobian)
+        if jacobian.dtype not in (tf.float32, tf.float64):
+            jacobian = tf.cast(jacobian, tf.float32)
+        self._check_num_terms(jacobian, "jacobian")
+        if not self.built:
+            self.build_for(int(jacobian.shape[0]))
+        gramian = tf.matmul(jacobian, jacobian, transpose_b=True)
+        weights = self.gramian_weights(gramian)
+        self.last_weights = weights
+        return tf.linalg.matvec(jacobian, weights, transpose_a=True)
+
+    def gramian_weights(self, gramian):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `gramian_weights(gramian)`."
+        )
+
+    def call(self, jacobian):
+        return self.aggregate(jacobian)

@@ -1,0 +1,63 @@
+"""Linear scalarization with constant weights: the baseline of every benchmark."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_balance.balancers.base import LossBalancer
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class Sum(LossBalancer):
+    """Constant weights: `L = sum_i w_i L_i` (linear scalarization).
+
+    The baseline that every benchmark of keras_balance reports against. With
+    the default `weights=None` every term has weight 1.
+
+    Args:
+        weights: optional sequence of K non-negative, finite constants. When
+            given, it fixes the number of terms.
+        nan_policy: see `Balancer`.
+        name: layer name.
+
+    Example:
+
+    >>> balancer = Sum(weights=[1.0, 10.0])
+    >>> balancer([0.5, 0.01]).numpy().tolist()
+    [1.0, 10.0]
+    """
+
+    summary = "Constant weights (default all 1): plain linear scalarization."
+
+    def __init__(self, weights=None, num_terms=None, nan_policy="skip", name="sum", **kwargs):
+        if weights is not None:
+            values = np.asarray(weights, dtype="float64")
+            if values.ndim != 1 or values.size == 0:
+                raise ValueError(
+                    "Argument `weights` must be a non-empty 1-D sequence of numbers; "
+                    f"received weights={weights!r}."
+                )
+            if not np.all(np.isfinite(values)) or np.any(values < 0):
+                raise ValueError(
+                    "Argument `weights` must contain finite, non-negative numbers; "
+                    f"received weights={weights!r}."
+                )
+            if num_terms is not None and num_terms != values.size:
+                raise ValueError(
+                    f"Argument `num_terms`={num_terms!r} disagrees with the "
+                    f"{values.size} entries of `weights`."
+                )
+            num_terms = int(values.size)
+            weights = [float(v) for v in values]
+        self.fixed_weights = weights
+        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
+
+    def compute_weights(self, losses):
+        if self.fixed_weights is None:
+            return tf.ones_like(losses)
+        return tf.constant(self.fixed_weights, dtype=losses.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["weights"] = self.fixed_weights
+        return config

@@ -1,0 +1,85 @@
+"""Look balancers up by name; serialize and deserialize them."""
+
+import inspect
+
+import keras
+
+from keras_balance.balancers.base import Balancer
+
+_REGISTRY = {}
+
+
+def register(name, cls=None):
+    """Register a `Balancer` subclass under a string identifier.
+
+    Usable as a decorator (`@register("mine")`) or a call
+    (`register("mine", MyBalancer)`). Names are case-insensitive.
+    """
+
+    def add(cls):
+        if not (inspect.isclass(cls) and issubclass(cls, Balancer)):
+            raise TypeError(f"Only Balancer subclasses can be registered; received {cls!r}.")
+        key = name.lower()
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"A balancer named {name!r} is already registered.")
+        _REGISTRY[key] = cls
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def available():
+    """Return `{name: class}` of every registered balancer, sorted by name."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+def serialize(balancer):
+    """Return the Keras serialization dict of a balancer."""
+    return keras.saving.serialize_keras_object(balancer)
+
+
+def deserialize(config):
+    """Rebuild a balancer from `serialize`'s dict (or a plain get_config dict
+    with a `class_name` that names a registered balancer)."""
+    class_name = config.get("class_name")
+    if isinstance(class_name, str) and class_name.lower() in _REGISTRY and "config" in config:
+        return _REGISTRY[class_name.lower()].from_config(config["config"])
+    return keras.saving.deserialize_keras_object(config)
+
+
+def get(identifier, **kwargs):
+    """Return a balancer from a name, a config dict, a class or an instance.
+
+    Args:
+        identifier: a registered name such as `"relobralo"` (case-insensitive),
+            a dict produced by `serialize`, a `Balancer` subclass, or an
+            instance (returned as is).
+        **kwargs: constructor arguments used with a name or a class.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+        TypeError: for anything else.
+    """
+    if isinstance(identifier, Balancer):
+        if kwargs:
+            raise ValueError(
+                "Constructor arguments cannot be applied to a balancer instance; "
+                f"received {sorted(kwargs)} with {identifier!r}."
+            )
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"Unknown balancer: balancer={identifier!r}. "
+                f"Known balancers: {', '.join(sorted(_REGISTRY))}."
+            )
+        return _REGISTRY[key](**kwargs)
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if inspect.isclass(identifier) and issubclass(identifier, Balancer):
+        return identifier(**kwargs)
+    raise TypeError(
+        "Argument `balancer` must be a name, a config dict, a Balancer class or "
+        f"instance; received balancer={identifier!r} (of type {type(identifier).__name__})."
+    )

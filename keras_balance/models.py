@@ -1,0 +1,261 @@
+"""BalancedModel: a keras.Model whose training step balances K loss terms."""
+
+import keras
+import tensorflow as tf
+
+from keras_balance import balancers as balancers_lib
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class LatestValue(keras.metrics.Metric):
+    """A metric that reports the last value it was given (e.g. a loss weight)."""
+
+    def __init__(self, name="latest_value", dtype="float32", **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+
+    def update_state(self, value):
+        self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self):
+        return self.value.value
+
+    def reset_state(self):
+        # The latest value stays meaningful across epochs; keep it.
+        pass
+
+
+def _as_term_vector(terms, expected, where):
+    """Stack the K scalar terms into a float32 (K,) tensor, checking K."""
+    if isinstance(terms, dict):
+        raise TypeError(f"{where} must return a list or tensor of K scalar losses; received a dict.")
+    if isinstance(terms, (list, tuple)):
+        count = len(terms)
+        if expected is not None and count != expected:
+            raise ValueError(
+                f"{where} returned {count} loss terms; expected {expected} "
+                f"(one per name in `term_names`)."
+            )
+        return tf.stack([tf.reshape(tf.cast(t, "float32"), ()) for t in terms])
+    terms = tf.cast(tf.convert_to_tensor(terms), "float32")
+    if terms.shape.rank != 1 or (expected is not None and terms.shape[0] != expected):
+        raise ValueError(
+            f"{where} returned loss terms of shape {tuple(terms.shape)}; expected ({expected},) "
+            f"(one scalar per name in `term_names`)."
+        )
+    return terms
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class BalancedModel(keras.Model):
+    """A `keras.Model` whose `train_step` balances several loss terms.
+
+    Each training step runs the forward pass, computes the K loss terms with
+    `compute_loss_terms`, asks the balancer how to combine them, applies the
+    optimizer, and reports every term and every weight as a metric: a term
+    named `L_f` appears as `L_f` in `History` and on the progress bar, its
+    weight as `w_L_f`, and the weighted total as `loss`.
+
+    A loss-level balancer (`"sum"`, `"relobralo"`, ...) turns the K loss values
+    into K weights and the model is trained on `sum_i w_i L_i`. A
+    gradient-level balancer receives the K x P Jacobian of the terms with
+    respect to the trainable variables (one `tape.gradient` per term) and
+    returns the update direction.
+
+    Works with the functional API (`BalancedModel(inputs, outputs, ...)`) and
+    with subclassing. Subclasses define their terms by overriding
+    `compute_loss_terms`; `term_names` fixes K and names the metrics.
+
+    Args:
+        balancer: a balancer name (`"relobralo"`), config dict, class or
+            instance. Default `"sum"`. Can be replaced in `compile`.
+        term_names: the names of the K terms, e.g. `("L_f", "L_b")`. Can also
+            be given in `compile`, or as a class attribute of a subclass.
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+
+    ```python
+    class TwoTerms(keras_balance.BalancedModel):
+        term_names = ("fit", "smooth")
+
+        def compute_loss_terms(self, x, y, y_pred, sample_weight=None, training=True):
+            fit = keras.ops.mean((y - y_pred) ** 2)
+            smooth = keras.ops.mean(keras.ops.diff(y_pred, axis=0) ** 2)
+            return [fit, smooth]
+
+    model = TwoTerms(inputs, outputs, balancer="relobralo")
+    model.compile(optimizer="adam")
+    history = model.fit(x, y, epochs=10)   # logs loss, fit, smooth, w_fit, w_smooth
+    ```
+    """
+
+    term_names = None
+
+    def __init__(self, *args, balancer="sum", term_names=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._attach(balancer, term_names)
+
+    # -- configuration -------------------------------------------------------
+
+    def _attach(self, balancer, term_names):
+        """Set the balancer and term names and (re)create the term metrics."""
+        if term_names is not None:
+            term_names = tuple(str(name) for name in term_names)
+            if not term_names or len(set(term_names)) != len(term_names):
+                raise ValueError(
+                    "Argument `term_names` must be a non-empty sequence of distinct "
+                    f"names; received term_names={term_names!r}."
+                )
+        elif self.term_names is not None:
+            term_names = tuple(self.term_names)
+        balancer = balancers_lib.get(balancer)
+        if balancer.kind not in (balancers_lib.LOSS_LEVEL, balancers_lib.GRADIENT_LEVEL):
+            raise TypeError(f"Argument `balancer` has an unknown kind {balancer.kind!r}.")
+        # Keras locks the state of a built (e.g. functional) model; the balancer
+        # and the term metrics are state the model owns, so add them explicitly.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.balancer = balancer
+            self.term_names = term_names
+            if term_names is not None:
+                balancer.build_for(len(term_names))
+                self.term_metrics = [keras.metrics.Mean(name=name) for name in term_names]
+                self.weight_metrics = [LatestValue(name=f"w_{name}") for name in term_names]
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def compile(self, optimizer="rmsprop", balancer=None, term_names=None, **kwargs):
+        """Configure training. Accepts Keras' `compile` arguments plus:
+
+        Args:
+            balancer: replaces the balancer given to the constructor.
+            term_names: replaces the term names.
+        """
+        if balancer is not None or term_names is not None:
+            self._attach(
+                self.balancer if balancer is None else balancer,
+                self.term_names if term_names is None else term_names,
+            )
+        if self.term_names is None:
+            raise ValueError(
+                "BalancedModel needs the names of its loss terms: pass `term_names` to the "
+                "constructor or to `compile`, or set `term_names` on the subclass."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    @property
+    def num_terms(self):
+        return None if self.term_names is None else len(self.term_names)
+
+    # -- the terms -----------------------------------------------------------
+
+    def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
+        """Return the K scalar loss terms of a batch, in the order of `term_names`.
+
+        Override this in a subclass. It receives the batch (`x`, `y`,
+        `sample_weight`) and the model's prediction `y_pred = self(x)`, and
+        returns a list of K scalar tensors (or a (K,) tensor). Everything in it
+        must be differentiable with respect to the model's variables.
+        """
+        raise TypeError(
+            f"{type(self).__name__} has no loss terms: override "
+            "`compute_loss_terms(self, x, y, y_pred, sample_weight, training)` to return "
+            f"the {self.num_terms or 'K'} scalar terms named by `term_names`."
+        )
+
+    def _terms(self, x, y, sample_weight, training):
+        y_pred = self(x, training=training)
+        terms = self.compute_loss_terms(x, y, y_pred, sample_weight, training=training)
+        terms = _as_term_vector(terms, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
+        return y_pred, terms
+
+    # -- steps ---------------------------------------------------------------
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        gradient_level = self.balancer.kind == balancers_lib.GRADIENT_LEVEL
+        with tf.GradientTape(persistent=gradient_level) as tape:
+            y_pred, terms = self._terms(x, y, sample_weight, training=True)
+            if gradient_level:
+                weights = None
+                total = tf.reduce_sum(terms)
+            else:
+                total, weights = self.balancer.combine(terms)
+            regularization = self._regularization_loss()
+            objective = self.optimizer.scale_loss(total + regularization)
+        if gradient_level:
+            grads, weights = self._aggregate_gradients(tape, terms, regularization, variables)
+            total = tf.reduce_sum(weights * terms)
+        else:
+            grads = tape.gradient(objective, variables)
+        del tape
+        self.optimizer.apply(grads, variables)
+        return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, terms = self._terms(x, y, sample_weight, training=False)
+        if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
+            weights = tf.ones_like(terms)
+            total = tf.reduce_sum(terms)
+        else:
+            total, weights = self.balancer.evaluate(terms)
+        total = total + self._regularization_loss()
+        return self._record(total, terms, weights, y, y_pred, sample_weight)
+
+    def _regularization_loss(self):
+        if not self.losses:
+            return tf.constant(0.0)
+        return tf.add_n([tf.cast(loss, "float32") for loss in self.losses])
+
+    def _aggregate_gradients(self, tape, terms, regularization, variables):
+        """Per-term gradients -> K x P Jacobian -> the balancer's direction."""
+        rows = []
+        for i in range(self.num_terms):
+            grads = tape.gradient(
+                terms[i], variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            rows.append(tf.concat([tf.reshape(tf.cast(g, "float32"), [-1]) for g in grads], 0))
+        jacobian = tf.stack(rows)
+        direction = self.balancer.aggregate(jacobian)
+        weights = tf.cast(self.balancer.last_weights, "float32")
+        grads, offset = [], 0
+        for variable in variables:
+            size = int(tf.size(variable))
+            grads.append(tf.reshape(direction[offset : offset + size], variable.shape))
+            offset += size
+        if self.losses:
+            extra = tape.gradient(regularization, variables, unconnected_gradients="zero")
+            grads = [g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
+        return [tf.cast(g, v.dtype) for g, v in zip(grads, variables)], weights
+
+    def _record(self, total, terms, weights, y, y_pred, sample_weight):
+        self._loss_tracker.update_state(total)
+        for i, metric in enumerate(self.term_metrics):
+            metric.update_state(terms[i])
+        for i, metric in enumerate(self.weight_metrics):
+            metric.update_state(weights[i])
+        if self._compile_metrics is not None and y is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    # -- serialization -------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config["balancer"] = balancers_lib.serialize(self.balancer)
+        config["term_names"] = None if self.term_names is None else list(self.term_names)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        balancer = balancers_lib.get(config.pop("balancer", "sum"))
+        term_names = config.pop("term_names", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model._attach(balancer, term_names)
+        return model

@@ -1,0 +1,20 @@
+"""PDE problems: term names, collocation sampling, `compute_loss`, exact solutions."""
+
+from keras_balance.pde.base import PDE
+from keras_balance.pde.helmholtz import HelmholtzPDE
+from keras_balance.pde.kirchhoff import KirchhoffPDE
+
+PROBLEMS = {"helmholtz": HelmholtzPDE, "kirchhoff": KirchhoffPDE}
+
+
+def get(name, **kwargs):
+    """Return a PDE instance by name (`"helmholtz"`, `"kirchhoff"`)."""
+    if isinstance(name, PDE):
+        return name
+    key = str(name).lower()
+    if key not in PROBLEMS:
+        raise ValueError(f"Unknown PDE: pde={name!r}. Known PDEs: {', '.join(sorted(PROBLEMS))}.")
+    return PROBLEMS[key](**kwargs)
+
+
+__all__ = ["PDE", "HelmholtzPDE", "KirchhoffPDE", "PROBLEMS", "get"]

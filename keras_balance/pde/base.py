@@ -1,0 +1,164 @@
+"""The base class of a PDE problem on a rectangle."""
+
+import numpy as np
+import tensorflow as tf
+
+EDGES = ("left", "right", "bottom", "top")
+
+
+class PDE:
+    """A boundary-value problem on the rectangle `[x0, x1] x [y0, y1]`.
+
+    Subclasses declare:
+
+    - `term_names`: the names of the K loss terms, e.g. `("L_f", "L_b")`;
+    - `derivatives`: the columns the model must predict, in order, e.g.
+      `("u", "u_xx", "u_yy")`. A name is the field followed by the coordinates
+      it is differentiated by: `"w_xxyy"` is d^4 w / dx^2 dy^2;
+    - `domain`: `((x0, x1), (y0, y1))`;
+
+    and implement `residuals(x, y, fields)`, which returns the K per-point
+    terms from a dict of the predicted columns, and `exact(x, y)`.
+
+    `compute_loss(x, y, preds)` keeps the signature of Bischof's article:
+    `x` and `y` have shape (N, 1), `preds` has shape (N, C) with the columns
+    of `derivatives`, and it returns a list of K per-point terms of shape
+    (N, 1). The scalar loss of term i is the mean of its per-point values over
+    the whole batch (interior and boundary points together), as in the article.
+    """
+
+    term_names = ()
+    derivatives = ()
+    domain = ((0.0, 1.0), (0.0, 1.0))
+
+    @property
+    def num_terms(self):
+        return len(self.term_names)
+
+    @property
+    def field(self):
+        """Name of the unknown field (the first column of `preds`)."""
+        return self.derivatives[0]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
+
+    def get_config(self):
+        return {}
+
+    # -- geometry ------------------------------------------------------------
+
+    @property
+    def boundary_tolerance(self):
+        (x0, x1), (y0, y1) = self.domain
+        return 1e-5 * max(x1 - x0, y1 - y0)
+
+    def boundary_masks(self, x, y):
+        """Float masks (1 on the edge, 0 elsewhere) for each of the four edges."""
+        (x0, x1), (y0, y1) = self.domain
+        tol = self.boundary_tolerance
+
+        def near(values, edge):
+            return tf.cast(tf.abs(values - edge) <= tol, values.dtype)
+
+        return {"left": near(x, x0), "right": near(x, x1), "bottom": near(y, y0), "top": near(y, y1)}
+
+    def sample(self, n_interior=1024, n_boundary=256, seed=None):
+        """Uniform random collocation points: `n_interior` inside the domain and
+        `n_boundary` on its edges (split evenly over the four edges).
+
+        Returns a float32 array of shape (n_interior + n_boundary, 2) holding
+        (x, y) rows: interior points first, then the boundary points.
+        """
+        for name, value in (("n_interior", n_interior), ("n_boundary", n_boundary)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(
+                    f"Argument `{name}` must be a non-negative integer; received {name}={value!r}."
+                )
+        if n_interior + n_boundary == 0:
+            raise ValueError("At least one collocation point is needed; received n_interior=0 and n_boundary=0.")
+        rng = np.random.default_rng(seed)
+        (x0, x1), (y0, y1) = self.domain
+        interior = np.column_stack(
+            [rng.uniform(x0, x1, n_interior), rng.uniform(y0, y1, n_interior)]
+        )
+        counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
+        edges = []
+        for edge, count in zip(EDGES, counts):
+            t = rng.uniform(0.0, 1.0, count)
+            xs = x0 + t * (x1 - x0)
+            ys = y0 + t * (y1 - y0)
+            fixed = {"left": (np.full(count, x0), ys), "right": (np.full(count, x1), ys),
+                     "bottom": (xs, np.full(count, y0)), "top": (xs, np.full(count, y1))}[edge]
+            edges.append(np.column_stack(fixed))
+        return np.concatenate([interior] + edges).astype("float32")
+
+    def grid(self, n=101):
+        """A regular `n x n` grid over the closed domain, as an (n*n, 2) float32 array."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"Argument `n` must be an integer >= 2; received n={n!r}.")
+        (x0, x1), (y0, y1) = self.domain
+        xx, yy = np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n))
+        return np.column_stack([xx.ravel(), yy.ravel()]).astype("float32")
+
+    # -- losses --------------------------------------------------------------
+
+    def split_preds(self, preds):
+        """Map the columns of `preds` (N, C) to the names of `derivatives`."""
+        preds = tf.convert_to_tensor(preds)
+        needed = len(self.derivatives)
+        if preds.shape.rank != 2 or (preds.shape[-1] is not None and preds.shape[-1] < needed):
+            raise ValueError(
+                f"{type(self).__name__}.compute_loss expects `preds` of shape (N, {needed}) "
+                f"with the columns {self.derivatives}; received shape {tuple(preds.shape)}."
+            )
+        return {name: preds[:, i : i + 1] for i, name in enumerate(self.derivatives)}
+
+    def compute_loss(self, x, y, preds):
+        """Per-point loss terms: a list of K tensors of shape (N, 1)."""
+        x = tf.convert_to_tensor(x)
+        fields = self.split_preds(preds)
+        x = tf.cast(x, fields[self.field].dtype)
+        y = tf.cast(tf.convert_to_tensor(y), x.dtype)
+        return list(self.residuals(x, y, fields))
+
+    def residuals(self, x, y, fields):
+        raise NotImplementedError(f"{type(self).__name__} must implement `residuals`.")
+
+    def validation_loss(self, x, y, preds):
+        """Per-point squared error against the exact solution, `(u - u_exact)^2`."""
+        fields = self.split_preds(preds)
+        u = fields[self.field]
+        return tf.square(u - tf.cast(self.exact(x, y), u.dtype))
+
+    # -- exact solution ------------------------------------------------------
+
+    def exact(self, x, y):
+        raise NotImplementedError(f"{type(self).__name__} must implement `exact`.")
+
+    def exact_preds(self, x, y):
+        """The exact solution and its analytic derivatives, as `preds` (N, C)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `exact_preds`.")
+
+    def error(self, predict, n=101):
+        """Error of a prediction against the exact solution on an `n x n` grid.
+
+        Args:
+            predict: a callable mapping an (M, 2) float32 array of (x, y) rows
+                to the predicted field, shape (M,) or (M, C) (column 0 is used).
+            n: grid points per side.
+
+        Returns:
+            `{"rel_l2": ||u - u*|| / ||u*||, "mse": mean (u - u*)^2}` as floats.
+        """
+        points = self.grid(n)
+        predicted = np.asarray(predict(points), dtype="float64")
+        if predicted.ndim == 2:
+            predicted = predicted[:, 0]
+        predicted = predicted.reshape(-1)
+        exact = np.asarray(self.exact(points[:, :1], points[:, 1:]), dtype="float64").reshape(-1)
+        diff = predicted - exact
+        return {
+            "rel_l2": float(np.linalg.norm(diff) / np.linalg.norm(exact)),
+            "mse": float(np.mean(diff**2)),
+        }

@@ -1,0 +1,91 @@
+"""The Kirchhoff plate-bending equation of Bischof's article."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from keras_balance.pde.base import PDE
+
+
+def _sin(values):
+    return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
+
+
+class KirchhoffPDE(PDE):
+    """Simply supported Kirchhoff plate on [0, W] x [0, H] under a sine load.
+
+        D (w_xxxx + 2 w_xxyy + w_yyyy) = p(x, y),  p = p0 sin(pi x / W) sin(pi y / H),
+        D = E h^3 / (12 (1 - nu^2)),
+
+    with the edges simply supported: `w = 0` (term `L_b0`) and zero bending
+    moment (term `L_b2`): `w_xx + nu w_yy = 0` on x = 0, W and
+    `nu w_xx + w_yy = 0` on y = 0, H. The governing-equation term is `L_f`.
+    Exact solution (Navier):
+    `w = p0 / (pi^4 D (1/W^2 + 1/H^2)^2) sin(pi x / W) sin(pi y / H)`.
+
+    Reference: R. Bischof, "Improving PINNs through adaptive loss balancing",
+    2023 (defaults W = H = 10, p0 = 0.015, E = 30000, h = 0.2, nu = 0.2,
+    so D = 20.8333).
+
+    Args:
+        width, height: plate size W and H.
+        p0: load amplitude.
+        E, h, nu: Young's modulus, thickness and Poisson's ratio.
+    """
+
+    derivatives = ("w", "w_xx", "w_yy", "w_xxxx", "w_xxyy", "w_yyyy")
+    term_names = ("L_f", "L_b0", "L_b2")
+
+    def __init__(self, width=10.0, height=10.0, p0=0.015, E=30000.0, h=0.2, nu=0.2):
+        for name, value in (("width", width), ("height", height), ("E", E), ("h", h)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"Argument `{name}` must be a positive number; received {name}={value!r}.")
+        if not isinstance(nu, (int, float)) or not 0 <= nu < 0.5:
+            raise ValueError(f"Argument `nu` must be in [0, 0.5); received nu={nu!r}.")
+        if not isinstance(p0, (int, float)) or not math.isfinite(p0):
+            raise ValueError(f"Argument `p0` must be a finite number; received p0={p0!r}.")
+        self.width, self.height = float(width), float(height)
+        self.p0, self.E, self.h, self.nu = float(p0), float(E), float(h), float(nu)
+        self.domain = ((0.0, self.width), (0.0, self.height))
+
+    @property
+    def D(self):
+        """Flexural rigidity E h^3 / (12 (1 - nu^2))."""
+        return self.E * self.h**3 / (12.0 * (1.0 - self.nu**2))
+
+    @property
+    def amplitude(self):
+        """Maximum deflection of the exact solution (at the plate centre)."""
+        return self.p0 / (math.pi**4 * self.D * (1 / self.width**2 + 1 / self.height**2) ** 2)
+
+    def get_config(self):
+        return {"width": self.width, "height": self.height, "p0": self.p0,
+                "E": self.E, "h": self.h, "nu": self.nu}
+
+    def load(self, x, y):
+        """The distributed load p(x, y)."""
+        return self.p0 * _sin(math.pi * x / self.width) * _sin(math.pi * y / self.height)
+
+    def residuals(self, x, y, fields):
+        biharmonic = fields["w_xxxx"] + 2.0 * fields["w_xxyy"] + fields["w_yyyy"]
+        residual = self.D * biharmonic - self.load(x, y)
+        masks = self.boundary_masks(x, y)
+        x_edges = tf.maximum(masks["left"], masks["right"])
+        y_edges = tf.maximum(masks["bottom"], masks["top"])
+        on_boundary = tf.maximum(x_edges, y_edges)
+        w, w_xx, w_yy = fields["w"], fields["w_xx"], fields["w_yy"]
+        moment = tf.square(x_edges * (w_xx + self.nu * w_yy)) + tf.square(
+            y_edges * (self.nu * w_xx + w_yy)
+        )
+        return [tf.square(residual), tf.square(on_boundary * w), moment]
+
+    def exact(self, x, y):
+        return self.amplitude * _sin(math.pi * x / self.width) * _sin(math.pi * y / self.height)
+
+    def exact_preds(self, x, y):
+        w = np.asarray(self.exact(np.asarray(x, "float64"), np.asarray(y, "float64"))).reshape(-1, 1)
+        kx2, ky2 = (math.pi / self.width) ** 2, (math.pi / self.height) ** 2
+        return np.concatenate(
+            [w, -kx2 * w, -ky2 * w, kx2**2 * w, kx2 * ky2 * w, ky2**2 * w], axis=1
+        )

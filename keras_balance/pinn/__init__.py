@@ -1,0 +1,7 @@
+"""Physics-informed networks: MLPs, nested-tape derivatives, PINN models."""
+
+from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
+from keras_balance.pinn.model import PINN, PINNModel, build_pinn
+from keras_balance.pinn.networks import mlp
+
+__all__ = ["PINN", "PINNModel", "build_pinn", "mlp", "parse_derivative", "partial_derivatives"]

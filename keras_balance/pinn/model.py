@@ -1,0 +1,144 @@
+"""Models that return a field together with the derivatives a PDE asks for."""
+
+import keras
+import tensorflow as tf
+
+from keras_balance.models import BalancedModel
+from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
+from keras_balance.pinn.networks import mlp
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class PINN(keras.Model):
+    """Wrap a network `(x, y) -> u` so that it returns u and its derivatives.
+
+    The input is an (N, 2) tensor of physical coordinates. The network sees
+    them scaled to [-1, 1] on `domain`, and its output is multiplied by
+    `output_scale`; the derivatives are taken with respect to the physical
+    coordinates, with nested GradientTapes (one `tape.gradient` per
+    coordinate and order, see `partial_derivatives`).
+
+    The output is (N, C): one column per name of `derivatives`, in order, e.g.
+    `("u", "u_xx", "u_yy")`. This is what `PDE.compute_loss` takes as `preds`,
+    so a PINN can be compiled with a Keras loss built on the PDE:
+
+    ```python
+    pde = HelmholtzPDE()
+    model = PINN(mlp(), pde.derivatives, pde.domain)
+    model.compile(optimizer="adam", loss=ReLoBRaLoLoss(pde))
+    xy = pde.sample()
+    model.fit(xy, xy, batch_size=len(xy), epochs=1000)
+    ```
+
+    Args:
+        network: a Keras model mapping (N, 2) scaled coordinates to (N, 1).
+        derivatives: names of the output columns; the first must be the field.
+        domain: `((x0, x1), (y0, y1))`, mapped to [-1, 1]^2.
+        output_scale: a constant multiplying the network's output (the
+            characteristic size of the solution).
+    """
+
+    def __init__(self, network, derivatives, domain=((-1.0, 1.0), (-1.0, 1.0)), output_scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        derivatives = tuple(derivatives)
+        if not derivatives:
+            raise ValueError("Argument `derivatives` must name at least the field, e.g. ('u',).")
+        parsed = [parse_derivative(name) for name in derivatives]
+        fields = {field for field, _ in parsed}
+        if len(fields) != 1:
+            raise ValueError(
+                f"Argument `derivatives` must all belong to one field; received {derivatives!r}."
+            )
+        try:
+            (x0, x1), (y0, y1) = [(float(lo), float(hi)) for lo, hi in domain]
+        except (TypeError, ValueError):
+            raise ValueError(f"Argument `domain` must be ((x0, x1), (y0, y1)); received domain={domain!r}.") from None
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"Argument `domain` must have x1 > x0 and y1 > y0; received domain={domain!r}.")
+        self.network = network
+        self.derivative_names = derivatives
+        self.orders = tuple(order for _, order in parsed)
+        self.domain = ((x0, x1), (y0, y1))
+        self.output_scale = float(output_scale)
+        self._center = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        self._half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
+
+    def field(self, x, y, training=False):
+        """The network's field at physical coordinates `x`, `y` of shape (N, 1)."""
+        scaled = tf.concat(
+            [(x - self._center[0]) / self._half[0], (y - self._center[1]) / self._half[1]], axis=1
+        )
+        return self.output_scale * self.network(scaled, training=training)
+
+    def call(self, inputs, training=False):
+        inputs = tf.convert_to_tensor(inputs)
+        if inputs.shape.rank != 2 or inputs.shape[-1] != 2:
+            raise ValueError(
+                f"{self.name} expects coordinates of shape (N, 2); received shape {tuple(inputs.shape)}."
+            )
+        x, y = inputs[:, :1], inputs[:, 1:2]
+        values = partial_derivatives(
+            lambda a, b: self.field(a, b, training=training), x, y, self.orders
+        )
+        return tf.concat([values[order] for order in self.orders], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.orders))
+
+    def predict_field(self, points, batch_size=4096):
+        """The field alone (no derivatives) at an (M, 2) array of points, as NumPy."""
+        points = tf.convert_to_tensor(points, dtype=self.compute_dtype)
+        outputs = [
+            self.field(points[i : i + batch_size, :1], points[i : i + batch_size, 1:2])
+            for i in range(0, int(points.shape[0]), batch_size)
+        ]
+        return tf.concat(outputs, axis=0).numpy()[:, 0]
+
+    def get_config(self):
+        return {
+            "network": keras.saving.serialize_keras_object(self.network),
+            "derivatives": list(self.derivative_names),
+            "domain": [list(pair) for pair in self.domain],
+            "output_scale": self.output_scale,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(
+            config["network"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scale=1.0):
+    """A `PINN` for `pde`: an MLP with the PDE's derivatives and domain."""
+    network = mlp(2, 1, width=width, depth=depth, activation=activation, seed=seed)
+    return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, name="pinn")
+
+
+class PINNModel(BalancedModel):
+    """A `BalancedModel` that trains a `PINN` on the terms of a PDE.
+
+    `x` is an (N, 2) batch of collocation points; the terms are the batch
+    means of `pde.compute_loss`, named after `pde.term_names`.
+
+    Args:
+        pde: a `keras_balance.pde.PDE`.
+        solution: the `PINN` to train (default: `build_pinn(pde)`).
+        balancer: see `BalancedModel`.
+    """
+
+    def __init__(self, pde, solution=None, balancer="sum", **kwargs):
+        super().__init__(balancer=balancer, term_names=pde.term_names, **kwargs)
+        self.pde = pde
+        self.solution = build_pinn(pde) if solution is None else solution
+
+    def call(self, inputs, training=False):
+        return self.solution(inputs, training=training)
+
+    def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
+        x = tf.convert_to_tensor(x)
+        terms = self.pde.compute_loss(x[:, :1], x[:, 1:2], y_pred)
+        return [tf.reduce_mean(term) for term in terms]
