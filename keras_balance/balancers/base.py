@@ -180,8 +180,15 @@ class LossBalancer(Balancer):
 
     def _build_bookkeeping(self, num_terms):
         self.term_weights = self.add_weight(
-            shape=(num_terms,), initializer="ones", trainable=False, name="term_weights"
+            shape=(num_terms,),
+            initializer=keras.initializers.Constant(self.initial_weights(num_terms)),
+            trainable=False,
+            name="term_weights",
         )
+
+    def initial_weights(self, num_terms):
+        """The weights before the first step (and after a NaN on the first step)."""
+        return [1.0] * num_terms
 
     def __call__(self, losses, **kwargs):
         if isinstance(losses, (list, tuple)):
@@ -225,7 +232,10 @@ class LossBalancer(Balancer):
 
         Used for validation: evaluating a model must not advance the balancer.
         """
-        losses = tf.cast(tf.convert_to_tensor(losses), self.term_weights.dtype)
+        losses = tf.cast(tf.convert_to_tensor(losses), "float32")
+        self._check_num_terms(losses, "losses")
+        if not self.built:
+            self.build_for(int(losses.shape[0]))
         weights = self.term_weights.value
         return tf.reduce_sum(weights * losses), weights
 

@@ -52,6 +52,9 @@ class Sum(LossBalancer):
         self.fixed_weights = weights
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 
+    def initial_weights(self, num_terms):
+        return list(self.fixed_weights) if self.fixed_weights is not None else [1.0] * num_terms
+
     def compute_weights(self, losses):
         if self.fixed_weights is None:
             return tf.ones_like(losses)

@@ -55,7 +55,11 @@ class ReLoBRaLo(LossBalancer):
             `rho=0` always looks back.
         epsilon: >= 0. Guard added to every denominator.
         seed: optional int seed of the Bernoulli draws; equal seeds give equal
-            weight sequences.
+            weight sequences (with or without `tf.function`; XLA's random
+            numbers differ from TensorFlow's kernels, so a `jit_compile=True`
+            run draws a different, equally reproducible, sequence). The draw of
+            step t depends only on the seed and t, and both are saved with the
+            balancer's variables, so a restored run continues the same sequence.
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:
@@ -90,7 +94,6 @@ class ReLoBRaLo(LossBalancer):
             raise TypeError(f"Argument `seed` must be an int or None; received seed={seed!r}.")
         self.seed = None if seed is None else int(seed)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
-        self.seed_generator = keras.random.SeedGenerator(self.seed, name="lookback_seed")
 
     def build_state(self, num_terms):
         self.step = self.add_weight(
@@ -106,6 +109,16 @@ class ReLoBRaLo(LossBalancer):
         self.last_lookback = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="last_lookback"
         )
+        # The draw of step t is a stateless function of (lookback_seed, t), so the
+        # random sequence is saved and restored with the step counter.
+        seed = np.random.SeedSequence().entropy % (2**31) if self.seed is None else self.seed
+        self.lookback_seed = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(int(seed)),
+            dtype="int64",
+            trainable=False,
+            name="lookback_seed",
+        )
 
     def compute_weights(self, losses):
         step = self.step.value
@@ -116,7 +129,9 @@ class ReLoBRaLo(LossBalancer):
         balance_initial = balanced_softmax(
             losses, self.initial_losses.value, self.temperature, self.epsilon
         )
-        draw = keras.random.uniform((), seed=self.seed_generator, dtype=losses.dtype)
+        draw = tf.random.stateless_uniform(
+            (), seed=tf.stack([self.lookback_seed.value, step]), dtype=losses.dtype
+        )
         keep_history = tf.where(step >= 2, tf.cast(draw < self.rho, losses.dtype), 1.0)
         history = keep_history * previous_weights + (1.0 - keep_history) * balance_initial
         rule = self.alpha * history + (1.0 - self.alpha) * balance_previous

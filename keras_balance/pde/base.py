@@ -1,9 +1,24 @@
 """The base class of a PDE problem on a rectangle."""
 
+import math
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
 EDGES = ("left", "right", "bottom", "top")
+
+
+def check_number(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False):
+    """Validate a finite real constructor argument; returns it as a float."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        value = float(value)
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"Argument `{name}` must be a finite number in {interval}; received {name}={value!r}.")
+    return value
 
 
 class PDE:
@@ -79,8 +94,11 @@ class PDE:
             raise ValueError("At least one collocation point is needed; received n_interior=0 and n_boundary=0.")
         rng = np.random.default_rng(seed)
         (x0, x1), (y0, y1) = self.domain
+        # Keep interior points clear of the edges' detection band.
+        margin = 2.0 * self.boundary_tolerance
         interior = np.column_stack(
-            [rng.uniform(x0, x1, n_interior), rng.uniform(y0, y1, n_interior)]
+            [rng.uniform(x0 + margin, x1 - margin, n_interior),
+             rng.uniform(y0 + margin, y1 - margin, n_interior)]
         )
         counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
         edges = []
@@ -153,6 +171,7 @@ class PDE:
         """
         points = self.grid(n)
         predicted = np.asarray(predict(points), dtype="float64")
+        points = points.astype("float64")
         if predicted.ndim == 2:
             predicted = predicted[:, 0]
         predicted = predicted.reshape(-1)

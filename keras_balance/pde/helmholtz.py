@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.pde.base import EDGES, PDE
+from keras_balance.pde.base import EDGES, PDE, check_number
 
 
 def _sin(values):
@@ -38,9 +38,7 @@ class HelmholtzPDE(PDE):
     domain = ((-1.0, 1.0), (-1.0, 1.0))
 
     def __init__(self, k=1.0, a1=1.0, a2=4.0, boundary="combined"):
-        for name, value in (("k", k), ("a1", a1), ("a2", a2)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"Argument `{name}` must be a finite number; received {name}={value!r}.")
+        k, a1, a2 = (check_number(n, v) for n, v in (("k", k), ("a1", a1), ("a2", a2)))
         if boundary not in ("combined", "per_edge"):
             raise ValueError(
                 "Argument `boundary` must be 'combined' or 'per_edge'; "

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.pde.base import PDE
+from keras_balance.pde.base import PDE, check_number
 
 
 def _sin(values):
@@ -38,13 +38,12 @@ class KirchhoffPDE(PDE):
     term_names = ("L_f", "L_b0", "L_b2")
 
     def __init__(self, width=10.0, height=10.0, p0=0.015, E=30000.0, h=0.2, nu=0.2):
-        for name, value in (("width", width), ("height", height), ("E", E), ("h", h)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
-                raise ValueError(f"Argument `{name}` must be a positive number; received {name}={value!r}.")
-        if not isinstance(nu, (int, float)) or not 0 <= nu < 0.5:
-            raise ValueError(f"Argument `nu` must be in [0, 0.5); received nu={nu!r}.")
-        if not isinstance(p0, (int, float)) or not math.isfinite(p0):
-            raise ValueError(f"Argument `p0` must be a finite number; received p0={p0!r}.")
+        width, height, E, h = (
+            check_number(n, v, 0.0, low_open=True)
+            for n, v in (("width", width), ("height", height), ("E", E), ("h", h))
+        )
+        nu = check_number("nu", nu, 0.0, 0.5, high_open=True)
+        p0 = check_number("p0", p0)
         self.width, self.height = float(width), float(height)
         self.p0, self.E, self.h, self.nu = float(p0), float(E), float(h), float(nu)
         self.domain = ((0.0, self.width), (0.0, self.height))

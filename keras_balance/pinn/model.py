@@ -44,6 +44,11 @@ class PINN(keras.Model):
         if not derivatives:
             raise ValueError("Argument `derivatives` must name at least the field, e.g. ('u',).")
         parsed = [parse_derivative(name) for name in derivatives]
+        if parsed[0][1]:
+            raise ValueError(
+                f"Argument `derivatives` must start with the field itself (e.g. 'u'); "
+                f"received {derivatives!r}."
+            )
         fields = {field for field, _ in parsed}
         if len(fields) != 1:
             raise ValueError(

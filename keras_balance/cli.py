@@ -1,0 +1,176 @@
+"""`keras-balance`: train, compare and list loss balancers from the command line.
+
+    keras-balance train helmholtz --balancer relobralo --steps 5000 --out runs/ --json run.json
+    keras-balance compare helmholtz --balancers sum,relobralo --seeds 0,1,2
+    keras-balance list
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def _int_list(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, received {text!r}") from None
+
+
+def _add_training_options(parser):
+    parser.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem to solve")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff)")
+    parser.add_argument("--learning-rate", type=_positive_float, default=None, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write a one-object JSON summary to PATH")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-balance",
+        description="Balance the terms of a multi-part loss: train PINNs with loss balancers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a PINN on a PDE with one balancer")
+    _add_training_options(train)
+    train.add_argument("--balancer", default="relobralo", help="balancer name (see `keras-balance list`)")
+    train.add_argument("--seed", type=int, default=0, help="seed of points, network and balancer")
+    train.add_argument("--out", metavar="DIR", default=None,
+                       help="write the figures (loss terms, weights, solution, error map) to DIR")
+
+    compare = sub.add_parser("compare", help="train several balancers with the same seeds and budget")
+    _add_training_options(compare)
+    compare.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
+    compare.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    compare.add_argument("--out", metavar="DIR", default=None, help="write results.md to DIR")
+
+    sub.add_parser("list", help="list the balancers with their kind and a summary")
+    return parser
+
+
+def _check_balancer(name):
+    from keras_balance import balancers
+
+    if name.lower() not in balancers.available():
+        raise SystemExit(
+            f"keras-balance: error: unknown balancer {name!r}; "
+            f"known balancers: {', '.join(balancers.available())}"
+        )
+
+
+def _write_json(path, payload):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+
+
+def _print_run(result, out=sys.stdout):
+    print(f"\n{result.pde} with {result.balancer} (seed {result.seed}, {result.steps} steps, "
+          f"{result.seconds:.1f} s)", file=out)
+    width = max(len(n) for n in result.term_names)
+    print(f"  {'term'.ljust(width)}  {'loss':>12}  {'weight':>10}", file=out)
+    for name in result.term_names:
+        print(f"  {name.ljust(width)}  {result.final_losses[name]:12.4e}  "
+              f"{result.final_weights[name]:10.4f}", file=out)
+    print(f"  relative L2 error: {result.rel_l2:.4e}", file=out)
+    print(f"  MSE:               {result.mse:.4e}", file=out)
+
+
+def cmd_train(args):
+    from keras_balance import bench
+
+    _check_balancer(args.balancer)
+    result = bench.train(
+        args.pde,
+        args.balancer,
+        steps=args.steps,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        jit_compile=not args.no_jit,
+        verbose=0 if args.quiet else 1,
+    )
+    _print_run(result)
+    if args.out:
+        for path in bench.save_figures(result, args.out):
+            print(f"  figure: {path}")
+    if args.json:
+        _write_json(args.json, result.summary())
+        print(f"  summary: {args.json}")
+    return 0
+
+
+def cmd_compare(args):
+    from keras_balance import bench
+
+    names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    for name in names:
+        _check_balancer(name)
+    if not args.seeds:
+        raise SystemExit("keras-balance: error: --seeds needs at least one seed")
+    results = bench.compare(
+        args.pde,
+        names,
+        seeds=args.seeds,
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        jit_compile=not args.no_jit,
+        verbose=0 if args.quiet else 1,
+    )
+    table = bench.results_table(results)
+    print()
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "results.md")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(table + "\n")
+        print(f"\ntable: {path}")
+    if args.json:
+        _write_json(args.json, [r.summary() for r in results])
+    return 0
+
+
+def cmd_list(args):
+    from keras_balance import balancers
+
+    rows = [(name, cls.kind, cls.summary) for name, cls in balancers.available().items()]
+    width = max(len(r[0]) for r in rows)
+    for name, kind, summary in rows:
+        print(f"{name.ljust(width)}  {kind + '-level':15s} {summary}")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "compare": cmd_compare, "list": cmd_list}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
