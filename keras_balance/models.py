@@ -1,9 +1,30 @@
 """BalancedModel: a keras.Model whose training step balances K loss terms."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+# Keras keeps these internal: the class of functional models, the trainer's
+# own initializer, and its test for functional constructor arguments. They are
+# needed to build functional BalancedModels without Keras rewriting the class
+# hierarchy of BalancedModel itself (see `BalancedModel.__new__`).
+from keras.src.models.functional import Functional, functional_from_config
+from keras.src.models.model import functional_init_arguments
+from keras.src.trainers.trainer import Trainer
+
 from keras_balance import balancers as balancers_lib
+
+_FUNCTIONAL_VARIANTS = {}
+
+
+def _functional_variant(cls):
+    """`cls` with `Functional` mixed in, created once per class."""
+    variant = _FUNCTIONAL_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(cls.__name__, (cls, Functional), {"__module__": cls.__module__})
+        variant.__qualname__ = cls.__qualname__
+        _FUNCTIONAL_VARIANTS[cls] = variant
+    return variant
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -92,8 +113,21 @@ class BalancedModel(keras.Model):
 
     term_names = None
 
+    def __new__(cls, *args, **kwargs):
+        # Keras turns a Model subclass called with (inputs, outputs) into a
+        # Functional subclass by rewriting the class's bases in place, which
+        # would break every later subclassed (non-functional) use of the same
+        # class. Build functional models from a separate variant class instead.
+        if functional_init_arguments(args, kwargs) and not issubclass(cls, Functional):
+            cls = _functional_variant(cls)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, *args, balancer="sum", term_names=None, **kwargs):
-        super().__init__(*args, **kwargs)
+        if isinstance(self, Functional):
+            Trainer.__init__(self)
+            Functional.__init__(self, *args, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
         self._attach(balancer, term_names)
 
     # -- configuration -------------------------------------------------------
@@ -176,19 +210,19 @@ class BalancedModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
         gradient_level = self.balancer.kind == balancers_lib.GRADIENT_LEVEL
         with tf.GradientTape(persistent=gradient_level) as tape:
             y_pred, terms = self._terms(x, y, sample_weight, training=True)
+            # Read after the forward pass, which builds a subclassed model's layers.
+            variables = self.trainable_variables
+            regularization = self._regularization_loss()
             if gradient_level:
-                weights = None
-                total = tf.reduce_sum(terms)
+                term_list = tf.unstack(terms)  # sliced under the tape
             else:
                 total, weights = self.balancer.combine(terms)
-            regularization = self._regularization_loss()
-            objective = self.optimizer.scale_loss(total + regularization)
+                objective = self.optimizer.scale_loss(total + regularization)
         if gradient_level:
-            grads, weights = self._aggregate_gradients(tape, terms, regularization, variables)
+            grads, weights = self._aggregate_gradients(tape, term_list, regularization, variables)
             total = tf.reduce_sum(weights * terms)
         else:
             grads = tape.gradient(objective, variables)
@@ -215,22 +249,21 @@ class BalancedModel(keras.Model):
     def _aggregate_gradients(self, tape, terms, regularization, variables):
         """Per-term gradients -> K x P Jacobian -> the balancer's direction."""
         rows = []
-        for i in range(self.num_terms):
-            grads = tape.gradient(
-                terms[i], variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
+        for term in terms:
+            grads = tape.gradient(term, variables)
+            grads = [tf.zeros(v.shape, "float32") if g is None else g for g, v in zip(grads, variables)]
             rows.append(tf.concat([tf.reshape(tf.cast(g, "float32"), [-1]) for g in grads], 0))
         jacobian = tf.stack(rows)
         direction = self.balancer.aggregate(jacobian)
-        weights = tf.cast(self.balancer.last_weights, "float32")
+        weights = self.balancer.term_weights.value
         grads, offset = [], 0
         for variable in variables:
-            size = int(tf.size(variable))
+            size = int(np.prod(variable.shape))
             grads.append(tf.reshape(direction[offset : offset + size], variable.shape))
             offset += size
         if self.losses:
-            extra = tape.gradient(regularization, variables, unconnected_gradients="zero")
-            grads = [g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
+            extra = tape.gradient(regularization, variables)
+            grads = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
         return [tf.cast(g, v.dtype) for g, v in zip(grads, variables)], weights
 
     def _record(self, total, terms, weights, y, y_pred, sample_weight):
@@ -256,6 +289,9 @@ class BalancedModel(keras.Model):
         config = dict(config)
         balancer = balancers_lib.get(config.pop("balancer", "sum"))
         term_names = config.pop("term_names", None)
-        model = super().from_config(config, custom_objects=custom_objects)
+        if all(key in config for key in ("layers", "input_layers", "output_layers")):
+            model = functional_from_config(cls, config, custom_objects=custom_objects)
+        else:
+            model = cls(**config)
         model._attach(balancer, term_names)
         return model

@@ -126,7 +126,17 @@ class Balancer(keras.layers.Layer):
         """Create the Keras variables of the balancer. Default: no state."""
 
     def _build_bookkeeping(self, num_terms):
-        """Variables every balancer of a kind keeps (set by the kind's base)."""
+        # The weights of the latest step, readable after any step.
+        self.term_weights = self.add_weight(
+            shape=(num_terms,),
+            initializer=keras.initializers.Constant(self.initial_weights(num_terms)),
+            trainable=False,
+            name="term_weights",
+        )
+
+    def initial_weights(self, num_terms):
+        """The weights before the first step (and after a NaN on the first step)."""
+        return [1.0] * num_terms
 
     def _check_num_terms(self, values, what):
         count = values.shape[0]
@@ -178,17 +188,6 @@ class LossBalancer(Balancer):
 
     kind = LOSS_LEVEL
 
-    def _build_bookkeeping(self, num_terms):
-        self.term_weights = self.add_weight(
-            shape=(num_terms,),
-            initializer=keras.initializers.Constant(self.initial_weights(num_terms)),
-            trainable=False,
-            name="term_weights",
-        )
-
-    def initial_weights(self, num_terms):
-        """The weights before the first step (and after a NaN on the first step)."""
-        return [1.0] * num_terms
 
     def __call__(self, losses, **kwargs):
         if isinstance(losses, (list, tuple)):
@@ -253,7 +252,7 @@ class GradientBalancer(Balancer):
 
     `aggregate(jacobian)` accepts a float32 or float64 tensor or NumPy array of
     shape (K, P) and returns a (P,) tensor of the same dtype; the weights it
-    used are kept in `self.last_weights` (a NumPy-convertible tensor).
+    used are kept in the variable `term_weights` (also `last_weights`).
     """
 
     kind = GRADIENT_LEVEL
@@ -267,8 +266,13 @@ class GradientBalancer(Balancer):
             self.build_for(int(jacobian.shape[0]))
         gramian = tf.matmul(jacobian, jacobian, transpose_b=True)
         weights = self.gramian_weights(gramian)
-        self.last_weights = weights
+        self.term_weights.assign(tf.cast(weights, self.term_weights.dtype))
         return tf.linalg.matvec(jacobian, weights, transpose_a=True)
+
+    @property
+    def last_weights(self):
+        """The weights of the latest `aggregate` call (a float32 variable)."""
+        return self.term_weights
 
     def gramian_weights(self, gramian):
         raise NotImplementedError(

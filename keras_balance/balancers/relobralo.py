@@ -13,11 +13,15 @@ def balanced_softmax(losses, reference, temperature, epsilon):
     The ratios are clipped to a finite range before the (max-shifted) softmax,
     so a reference of zero cannot produce an infinity or a NaN.
     """
-    limit = 0.1 * np.finfo(losses.dtype.as_numpy_dtype).max
+    info = np.finfo(losses.dtype.as_numpy_dtype)
     ratios = losses / (temperature * reference + epsilon)
-    ratios = tf.clip_by_value(ratios, -limit, limit)
+    ratios = tf.clip_by_value(ratios, -0.1 * info.max, 0.1 * info.max)
     num_terms = tf.cast(tf.shape(losses)[0], losses.dtype)
-    return num_terms * tf.nn.softmax(ratios - tf.reduce_max(ratios))
+    # A term lagging far behind the others (a logit gap above ~87 in float32)
+    # would underflow to a weight of exactly 0; floor it at the smallest normal
+    # number so every weight stays strictly positive (the sum is unaffected).
+    weights = num_terms * tf.nn.softmax(ratios - tf.reduce_max(ratios))
+    return tf.maximum(weights, info.tiny)
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -35,7 +39,9 @@ class ReLoBRaLo(LossBalancer):
 
     Step 0 returns w = 1 and records L(0) as the initial losses (alpha = 1,
     rho = 1); step 1 returns `bal(1, 0)` (alpha = 0, rho = 1); the rule above
-    applies from step 2 on. The weights are positive and sum to K from step 1.
+    applies from step 2 on. The weights are positive and sum to K from step 1
+    (a weight that would underflow to 0 in the softmax is floored at the
+    smallest normal float, about 1e-38 in float32).
 
     Defaults are those of the Keras class in Bischof's article (alpha 0.999,
     temperature 0.1, rho 0.99). Other published defaults: NVIDIA Modulus uses
