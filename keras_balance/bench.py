@@ -168,7 +168,9 @@ def train(
             continue
         if verbose:
             callbacks[-1].steps_per_epoch = chunk
-        fit = model.fit(dataset, steps_per_epoch=chunk, epochs=epochs, verbose=0, callbacks=callbacks)
+        fit = model.fit(
+            dataset, steps_per_epoch=chunk, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks
+        )
         for name, values in fit.history.items():
             history.setdefault(name, []).extend(float(v) for v in values)
         log_steps.extend(done + chunk * (i + 1) for i in range(epochs))

@@ -90,7 +90,8 @@ def _write_json(path, payload):
         handle.write("\n")
 
 
-def _print_run(result, out=sys.stdout):
+def _print_run(result, out=None):
+    out = out or sys.stdout
     print(f"\n{result.pde} with {result.balancer} (seed {result.seed}, {result.steps} steps, "
           f"{result.seconds:.1f} s)", file=out)
     width = max(len(n) for n in result.term_names)

@@ -17,6 +17,15 @@ from keras_balance import balancers as balancers_lib
 _FUNCTIONAL_VARIANTS = {}
 
 
+def _builds_a_graph(args, kwargs):
+    """Are these constructor arguments `(inputs, outputs)` of a functional model?"""
+    if not functional_init_arguments(args, kwargs):
+        return False
+    inputs = args[0] if args else kwargs.get("inputs")
+    flat = keras.tree.flatten(inputs)
+    return bool(flat) and all(isinstance(t, keras.KerasTensor) for t in flat)
+
+
 def _functional_variant(cls):
     """`cls` with `Functional` mixed in, created once per class."""
     variant = _FUNCTIONAL_VARIANTS.get(cls)
@@ -118,7 +127,7 @@ class BalancedModel(keras.Model):
         # Functional subclass by rewriting the class's bases in place, which
         # would break every later subclassed (non-functional) use of the same
         # class. Build functional models from a separate variant class instead.
-        if functional_init_arguments(args, kwargs) and not issubclass(cls, Functional):
+        if _builds_a_graph(args, kwargs) and not issubclass(cls, Functional):
             cls = _functional_variant(cls)
         return super().__new__(cls, *args, **kwargs)
 

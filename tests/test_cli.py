@@ -1,0 +1,104 @@
+"""The keras-balance command line and the harness behind it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_balance import bench, cli
+
+
+def test_list_prints_every_balancer_with_its_kind(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.strip().splitlines()}
+    assert set(lines) >= {"sum", "relobralo"}
+    assert "loss-level" in lines["relobralo"] and "Bischof" in lines["relobralo"]
+
+
+def test_train_writes_summary_and_figures(tmp_path, capsys):
+    summary = tmp_path / "run.json"
+    figures = tmp_path / "figures"
+    code = cli.main(
+        ["train", "helmholtz", "--balancer", "relobralo", "--steps", "30", "--seed", "3",
+         "--out", str(figures), "--json", str(summary), "--quiet", "--no-jit"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "relative L2 error" in out and "L_f" in out and "L_b" in out
+    data = json.loads(summary.read_text())
+    assert {"pde", "balancer", "seed", "steps", "rel_l2", "mse", "seconds", "final_weights"} <= set(data)
+    assert (data["pde"], data["balancer"], data["seed"], data["steps"]) == ("helmholtz", "relobralo", 3, 30)
+    assert np.isfinite(data["rel_l2"]) and data["rel_l2"] > 0
+    np.testing.assert_allclose(sum(data["final_weights"].values()), 2.0, rtol=1e-5)
+    names = sorted(os.listdir(figures))
+    assert names == sorted(
+        f"helmholtz_relobralo_seed3_{kind}.png" for kind in ("losses", "weights", "solution", "error")
+    )
+    for name in names:
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_balancer_is_a_clear_error():
+    with pytest.raises(SystemExit, match="unknown balancer 'relobralow'.*relobralo"):
+        cli.main(["train", "helmholtz", "--balancer", "relobralow"])
+
+
+@pytest.mark.parametrize("argv", [["train", "helmholtz", "--steps", "0"], ["train", "poisson"],
+                                  ["compare", "helmholtz", "--seeds", "a,b"]])
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_same_seed_same_run():
+    first = bench.train("kirchhoff", "relobralo", steps=6, seed=1, verbose=0, jit_compile=False,
+                        n_interior=64, n_boundary=16)
+    second = bench.train("kirchhoff", "relobralo", steps=6, seed=1, verbose=0, jit_compile=False,
+                         n_interior=64, n_boundary=16)
+    assert first.term_names == ("L_f", "L_b0", "L_b2")
+    assert first.rel_l2 == second.rel_l2
+    assert first.final_weights == second.final_weights
+    assert first.log_steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_history_covers_uneven_budgets():
+    result = bench.train("helmholtz", "sum", steps=7, log_every=3, seed=0, verbose=0, jit_compile=False,
+                         n_interior=32, n_boundary=8)
+    assert result.log_steps == [3, 6, 7]
+    assert len(result.history["L_f"]) == 3 and len(result.history["rel_l2"]) == 3
+
+
+def test_compare_table(tmp_path, capsys):
+    code = cli.main(["compare", "helmholtz", "--balancers", "sum,relobralo", "--seeds", "0,1",
+                     "--steps", "4", "--no-jit", "--quiet", "--out", str(tmp_path),
+                     "--json", str(tmp_path / "all.json")])
+    assert code == 0
+    table = (tmp_path / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| helmholtz")]
+    assert [row.split("|")[2].strip() for row in rows] == ["sum", "relobralo"]
+    assert all(row.split("|")[4].strip() == "2" for row in rows)  # two seeds each
+    assert len(json.loads((tmp_path / "all.json").read_text())) == 4
+
+
+def test_bad_harness_arguments():
+    with pytest.raises(ValueError, match="`steps`"):
+        bench.train("helmholtz", "sum", steps=0, verbose=0)
+    with pytest.raises(TypeError, match="widht"):
+        bench.train("helmholtz", "sum", steps=1, verbose=0, widht=3)
+    with pytest.raises(ValueError, match="Unknown PDE"):
+        bench.train("poisson", "sum", steps=1, verbose=0)
+
+
+@pytest.mark.slow
+def test_default_run_relobralo_beats_sum_on_helmholtz(tmp_path):
+    """The acceptance comparison: same seed and budget, the CLI's defaults."""
+    errors = {}
+    for balancer in ("sum", "relobralo"):
+        path = tmp_path / f"{balancer}.json"
+        assert cli.main(["train", "helmholtz", "--balancer", balancer, "--json", str(path), "--quiet"]) == 0
+        errors[balancer] = json.loads(path.read_text())["rel_l2"]
+    assert errors["relobralo"] < errors["sum"], errors
