@@ -10,6 +10,7 @@ import tensorflow as tf
 # hierarchy of BalancedModel itself (see `BalancedModel.__new__`).
 from keras.src.models.functional import Functional, functional_from_config
 from keras.src.models.model import functional_init_arguments
+from keras.src.saving import object_registration
 from keras.src.trainers.trainer import Trainer
 
 from keras_balance import balancers as balancers_lib
@@ -33,6 +34,11 @@ def _functional_variant(cls):
         variant = type(cls.__name__, (cls, Functional), {"__module__": cls.__module__})
         variant.__qualname__ = cls.__qualname__
         _FUNCTIONAL_VARIANTS[cls] = variant
+    # Serialize the variant under the name its class is registered with, so
+    # `keras.models.load_model` rebuilds it through `cls.from_config`.
+    registered = object_registration.get_registered_name(cls)
+    if registered != cls.__name__:
+        object_registration.GLOBAL_CUSTOM_NAMES[variant] = registered
     return variant
 
 
@@ -42,13 +48,14 @@ class LatestValue(keras.metrics.Metric):
 
     def __init__(self, name="latest_value", dtype="float32", **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
-        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+        # "mean": under tf.distribute every replica holds the same value.
+        self.value = self.add_variable(shape=(), initializer="zeros", aggregation="mean", name="value")
 
     def update_state(self, value):
         self.value.assign(tf.cast(value, self.dtype))
 
     def result(self):
-        return self.value.value
+        return keras.ops.convert_to_tensor(self.value)
 
     def reset_state(self):
         # The latest value stays meaningful across epochs; keep it.
@@ -188,6 +195,17 @@ class BalancedModel(keras.Model):
                 "constructor or to `compile`, or set `term_names` on the subclass."
             )
         super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Recompile from `get_compile_config()` (used by `keras.models.load_model`).
+
+        The balancer and term names are part of the model's own config; this
+        restores the optimizer and the other `compile` arguments.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @property
     def num_terms(self):

@@ -9,6 +9,7 @@ from keras_balance import BalancedModel
 from keras_balance.balancers import GradientBalancer, ReLoBRaLo, Sum
 
 
+@keras.saving.register_keras_serializable(package="keras_balance_tests")
 class TwoTerms(BalancedModel):
     """Regression with a fit term and a (differently scaled) smoothness term."""
 
@@ -241,3 +242,34 @@ def test_config_round_trip_keeps_balancer_and_names():
     assert isinstance(restored.balancer, ReLoBRaLo)
     assert restored.balancer.get_config() == model.balancer.get_config()
     assert restored.term_names == ("fit", "small")
+
+
+def test_save_and_load_model_restores_the_balancer(tmp_path):
+    x, y = _data()
+    model = _functional(balancer=ReLoBRaLo(rho=1.0, seed=2))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, TwoTerms) and isinstance(loaded.balancer, ReLoBRaLo)
+    for a, b in zip(model.balancer.variables, loaded.balancer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Both continue identically: same weights, same optimizer state.
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(loaded.balancer.term_weights.numpy(), model.balancer.term_weights.numpy(), rtol=1e-5)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_trains_under_a_distribution_strategy():
+    x, y = _data()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = _functional(balancer="relobralo")
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert int(model.balancer.step.numpy()) == 8
+    assert all(np.isfinite(history.history["w_fit"]))
+    np.testing.assert_allclose(history.history["w_fit"][-1] + history.history["w_small"][-1], 2.0, rtol=1e-5)
