@@ -1,5 +1,6 @@
 """The base class of a PDE problem on a rectangle."""
 
+import abc
 import math
 import numbers
 
@@ -21,7 +22,7 @@ def check_number(name, value, low=-math.inf, high=math.inf, low_open=False, high
     return value
 
 
-class PDE:
+class PDE(abc.ABC):
     """A boundary-value problem on the rectangle `[x0, x1] x [y0, y1]`.
 
     Subclasses declare:
@@ -140,8 +141,9 @@ class PDE:
         y = tf.cast(tf.convert_to_tensor(y), x.dtype)
         return list(self.residuals(x, y, fields))
 
+    @abc.abstractmethod
     def residuals(self, x, y, fields):
-        raise NotImplementedError(f"{type(self).__name__} must implement `residuals`.")
+        """The K per-point terms from `fields`, a dict of (N, 1) predicted columns."""
 
     def validation_loss(self, x, y, preds):
         """Per-point squared error against the exact solution, `(u - u_exact)^2`."""
@@ -151,12 +153,13 @@ class PDE:
 
     # -- exact solution ------------------------------------------------------
 
+    @abc.abstractmethod
     def exact(self, x, y):
-        raise NotImplementedError(f"{type(self).__name__} must implement `exact`.")
+        """The exact solution at `x`, `y` (NumPy arrays or tensors of shape (N, 1))."""
 
+    @abc.abstractmethod
     def exact_preds(self, x, y):
         """The exact solution and its analytic derivatives, as `preds` (N, C)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `exact_preds`.")
 
     def error(self, predict, n=101):
         """Error of a prediction against the exact solution on an `n x n` grid.

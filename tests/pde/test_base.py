@@ -246,20 +246,31 @@ def test_boundary_masks():
 
 
 def test_base_class_is_abstract():
-    base = PDE()
-    assert base.num_terms == 0
-    assert base.get_config() == {}
-    with pytest.raises(NotImplementedError):
-        base.exact(np.zeros((1, 1)), np.zeros((1, 1)))
-    with pytest.raises(NotImplementedError):
-        base.exact_preds(np.zeros((1, 1)), np.zeros((1, 1)))
+    with pytest.raises(TypeError, match="abstract"):
+        PDE()
 
     class OneTerm(PDE):
         derivatives = ("u",)
         term_names = ("L",)
 
-    with pytest.raises(NotImplementedError, match="OneTerm"):
-        OneTerm().compute_loss(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros((2, 1)))
+    with pytest.raises(TypeError, match="OneTerm"):
+        OneTerm()
+
+    class Complete(OneTerm):
+        def residuals(self, x, y, fields):
+            return [tf.square(fields["u"] - x)]
+
+        def exact(self, x, y):
+            return x
+
+        def exact_preds(self, x, y):
+            return np.asarray(x)
+
+    pde = Complete()
+    assert pde.num_terms == 1 and pde.get_config() == {}
+    xs = np.linspace(0, 1, 5).reshape(-1, 1).astype("float32")
+    (term,) = pde.compute_loss(xs, xs, pde.exact_preds(xs, xs))
+    np.testing.assert_array_equal(term.numpy(), 0.0)
 
 
 # -- keras_balance.pde.get -----------------------------------------------------
