@@ -219,6 +219,46 @@ def save_figures(result, out_dir):
     ]
 
 
+def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repeats=5, seed=0,
+               jit_compile=True, baseline="sum"):
+    """Median wall time of one training step per balancer, and its ratio to a baseline.
+
+    Every model is built and compiled (and warmed up) first; then the timed
+    chunks of `steps` steps run interleaved, one chunk per balancer per repeat,
+    so that drift of the machine affects all balancers alike. The baseline is
+    measured in the same process.
+
+    Returns:
+        `{name: {"ms_per_step": median, "ratio": median / baseline median}}`.
+    """
+    steps = _check_positive_int("steps", steps)
+    repeats = _check_positive_int("repeats", repeats)
+    names = list(dict.fromkeys([baseline, *balancers]))
+    problem = pde_lib.get(pde)
+    key = next((k for k, cls in pde_lib.PROBLEMS.items() if isinstance(problem, cls)), "helmholtz")
+    settings = DEFAULTS[key]
+    points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
+    dataset = tf.data.Dataset.from_tensors(points).repeat()
+    models = {}
+    for name in names:
+        keras.utils.set_random_seed(seed)
+        model = PINNModel(problem, build_pinn(problem, seed=seed), balancer=_make_balancer(name, seed, None))
+        model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), jit_compile=jit_compile)
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # trace + warm up
+        models[name] = model
+    samples = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+            samples[name].append(1000.0 * (time.perf_counter() - start) / steps)
+    base = float(np.median(samples[baseline]))
+    return {
+        name: {"ms_per_step": float(np.median(v)), "ratio": float(np.median(v)) / base}
+        for name, v in samples.items()
+    }
+
+
 def compare(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0,), verbose=0, **kwargs):
     """Train every balancer with every seed on the same budget; return the results."""
     results = []
@@ -249,4 +289,4 @@ def results_table(results):
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures"]
+__all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures", "step_times"]

@@ -2,6 +2,7 @@
 
     keras-balance train helmholtz --balancer relobralo --steps 5000 --out runs/ --json run.json
     keras-balance compare helmholtz --balancers sum,relobralo --seeds 0,1,2
+    keras-balance speed helmholtz --balancers sum,relobralo
     keras-balance list
 """
 
@@ -67,6 +68,14 @@ def build_parser():
     compare.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
     compare.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
     compare.add_argument("--out", metavar="DIR", default=None, help="write results.md to DIR")
+
+    speed = sub.add_parser("speed", help="median time per training step, as a ratio to a baseline")
+    speed.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem")
+    speed.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
+    speed.add_argument("--baseline", default="sum", help="the balancer the ratios refer to (default sum)")
+    speed.add_argument("--steps", type=_positive_int, default=200, help="steps per timed chunk (default 200)")
+    speed.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per balancer (default 5)")
+    speed.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
 
     sub.add_parser("list", help="list the balancers with their kind and a summary")
     return parser
@@ -157,6 +166,23 @@ def cmd_compare(args):
     return 0
 
 
+def cmd_speed(args):
+    from keras_balance import bench
+
+    names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    for name in [args.baseline, *names]:
+        _check_balancer(name)
+    times = bench.step_times(args.pde, names, steps=args.steps, repeats=args.repeats,
+                             jit_compile=not args.no_jit, baseline=args.baseline)
+    print(f"{args.pde}: median of {args.repeats} chunks of {args.steps} steps, "
+          f"{os.cpu_count()} CPU cores visible, XLA {'off' if args.no_jit else 'on'}")
+    print(f"| balancer | ms / step | ratio to {args.baseline} |")
+    print("|---|---|---|")
+    for name, row in times.items():
+        print(f"| {name} | {row['ms_per_step']:.2f} | {row['ratio']:.3f} |")
+    return 0
+
+
 def cmd_list(args):
     from keras_balance import balancers
 
@@ -169,7 +195,7 @@ def cmd_list(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "compare": cmd_compare, "list": cmd_list}
+    handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "list": cmd_list}
     return handlers[args.command](args)
 
 

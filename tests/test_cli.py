@@ -102,3 +102,13 @@ def test_default_run_relobralo_beats_sum_on_helmholtz(tmp_path):
         assert cli.main(["train", "helmholtz", "--balancer", balancer, "--json", str(path), "--quiet"]) == 0
         errors[balancer] = json.loads(path.read_text())["rel_l2"]
     assert errors["relobralo"] < errors["sum"], errors
+
+
+def test_speed_reports_ratios_to_the_baseline(capsys):
+    assert cli.main(["speed", "helmholtz", "--balancers", "relobralo", "--steps", "3",
+                     "--repeats", "2", "--no-jit"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "ms" not in line}
+    assert set(rows) == {"sum", "relobralo"}
+    assert float(rows["sum"].split("|")[3]) == 1.0
+    assert float(rows["relobralo"].split("|")[3]) > 0
