@@ -45,7 +45,8 @@ def _add_training_options(parser):
                         help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff)")
     parser.add_argument("--learning-rate", type=_positive_float, default=None, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write a one-object JSON summary to PATH")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the JSON summary to PATH (train: one object; compare: a list, one per run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -252,7 +252,9 @@ class GradientBalancer(Balancer):
 
     `aggregate(jacobian)` accepts a float32 or float64 tensor or NumPy array of
     shape (K, P) and returns a (P,) tensor of the same dtype; the weights it
-    used are kept in the variable `term_weights` (also `last_weights`).
+    used are kept in the variable `term_weights` (also `last_weights`). Under
+    the "skip" NaN policy a Jacobian with a NaN or infinity gives a zero
+    direction and keeps the previous weights.
     """
 
     kind = GRADIENT_LEVEL
@@ -264,10 +266,17 @@ class GradientBalancer(Balancer):
         self._check_num_terms(jacobian, "jacobian")
         if not self.built:
             self.build_for(int(jacobian.shape[0]))
+        # NaN policy: a non-finite Jacobian gives a zero direction (no update)
+        # and leaves the weights of the previous step in place.
+        finite = self.all_finite(jacobian)
+        jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
         gramian = tf.matmul(jacobian, jacobian, transpose_b=True)
         weights = self.gramian_weights(gramian)
+        previous = tf.cast(self.term_weights.value, weights.dtype)
+        weights = tf.where(finite, weights, previous)
         self.term_weights.assign(tf.cast(weights, self.term_weights.dtype))
-        return tf.linalg.matvec(jacobian, weights, transpose_a=True)
+        direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
+        return tf.where(finite, direction, tf.zeros_like(direction))
 
     @property
     def last_weights(self):

@@ -193,3 +193,18 @@ def test_gradient_balancer_needs_gramian_weights():
 
     with pytest.raises(NotImplementedError, match="gramian_weights"):
         Incomplete().aggregate(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_gradient_balancer_skips_a_non_finite_jacobian(bad):
+    balancer = UniformMean()
+    jacobian = np.arange(6, dtype="float32").reshape(2, 3)
+    balancer.aggregate(jacobian)
+    previous = np.asarray(balancer.last_weights).copy()
+    broken = jacobian.copy()
+    broken[1, 2] = bad
+    direction = np.asarray(balancer.aggregate(broken))
+    np.testing.assert_array_equal(direction, np.zeros(3))
+    np.testing.assert_array_equal(np.asarray(balancer.last_weights), previous)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        UniformMean(nan_policy="raise").aggregate(broken)
