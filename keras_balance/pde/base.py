@@ -52,6 +52,15 @@ class PDE(abc.ABC):
         return len(self.term_names)
 
     @property
+    def characteristic_scale(self):
+        """A magnitude of the solution known from the problem's data alone.
+
+        A PINN multiplies its network's output by it (`output_scale`), so the
+        network works with values of order one. Default 1.
+        """
+        return 1.0
+
+    @property
     def field(self):
         """Name of the unknown field (the first column of `preds`)."""
         return self.derivatives[0]

@@ -54,6 +54,15 @@ class KirchhoffPDE(PDE):
         return self.E * self.h**3 / (12.0 * (1.0 - self.nu**2))
 
     @property
+    def characteristic_scale(self):
+        """Deflection scale from the load, stiffness and size: p0 W^2 H^2 / (pi^4 D).
+
+        It is the deflection that balances the load through w_xxxx and w_yyyy
+        alone, a dimensional estimate (4x the exact amplitude on a square plate).
+        """
+        return self.p0 * self.width**2 * self.height**2 / (math.pi**4 * self.D)
+
+    @property
     def amplitude(self):
         """Maximum deflection of the exact solution (at the plate centre)."""
         return self.p0 / (math.pi**4 * self.D * (1 / self.width**2 + 1 / self.height**2) ** 2)

@@ -117,8 +117,13 @@ class PINN(keras.Model):
         return cls(**config)
 
 
-def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scale=1.0):
-    """A `PINN` for `pde`: an MLP with the PDE's derivatives and domain."""
+def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scale=None):
+    """A `PINN` for `pde`: an MLP with the PDE's derivatives and domain.
+
+    `output_scale` defaults to the PDE's `characteristic_scale` (when it has one).
+    """
+    if output_scale is None:
+        output_scale = getattr(pde, "characteristic_scale", 1.0)
     network = mlp(2, 1, width=width, depth=depth, activation=activation, seed=seed)
     return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, name="pinn")
 
