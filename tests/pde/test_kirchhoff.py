@@ -298,3 +298,12 @@ def test_defaults_and_attributes():
 def test_bad_constructor_arguments(kwargs, name):
     with pytest.raises(ValueError, match=re.escape(f"`{name}`")):
         KirchhoffPDE(**kwargs)
+
+
+def test_characteristic_scale_comes_from_the_data():
+    pde = KirchhoffPDE()
+    D = 30000.0 * 0.2**3 / (12 * (1 - 0.2**2))
+    np.testing.assert_allclose(pde.characteristic_scale, 0.015 * 100 * 100 / (np.pi**4 * D), rtol=1e-12)
+    np.testing.assert_allclose(pde.characteristic_scale, 4 * pde.amplitude, rtol=1e-12)  # square plate
+    wide = KirchhoffPDE(width=10.0, height=5.0)
+    np.testing.assert_allclose(wide.characteristic_scale, 0.015 * 100 * 25 / (np.pi**4 * D), rtol=1e-12)
