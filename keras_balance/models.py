@@ -73,6 +73,13 @@ def _as_term_vector(terms, expected, where):
                 f"{where} returned {count} loss terms; expected {expected} "
                 f"(one per name in `term_names`)."
             )
+        for i, term in enumerate(terms):
+            shape = tf.convert_to_tensor(term).shape
+            if shape.rank is not None and shape.num_elements() != 1:
+                raise ValueError(
+                    f"{where} returned term {i} of shape {tuple(shape)}; each term must be a "
+                    "scalar (reduce per-sample values, e.g. with `keras.ops.mean`)."
+                )
         return tf.stack([tf.reshape(tf.cast(t, "float32"), ()) for t in terms])
     terms = tf.cast(tf.convert_to_tensor(terms), "float32")
     if terms.shape.rank != 1 or (expected is not None and terms.shape[0] != expected):

@@ -176,6 +176,18 @@ def test_wrong_number_of_terms_is_a_clear_error(returned):
         model.fit(x, y, verbose=0)
 
 
+def test_non_scalar_term_is_a_clear_error():
+    class PerSample(TwoTerms):
+        def compute_loss_terms(self, x, y, y_pred, sample_weight=None, training=True):
+            return [tf.square(y - y_pred), tf.reduce_mean(y_pred)]
+
+    model = _functional(PerSample)
+    model.compile(optimizer="adam")
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=r"term 0 of shape \(8, 1\).*scalar"):
+        model.fit(x, y, batch_size=8, verbose=0)
+
+
 def test_bad_term_names_and_balancer():
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(1)(inputs)
