@@ -188,7 +188,6 @@ class LossBalancer(Balancer):
 
     kind = LOSS_LEVEL
 
-
     def __call__(self, losses, **kwargs):
         if isinstance(losses, (list, tuple)):
             losses = tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])

@@ -10,6 +10,11 @@ import tensorflow as tf
 EDGES = ("left", "right", "bottom", "top")
 
 
+def sin(values):
+    """`sin` of a tensor (as a tensor) or of an array (as an array)."""
+    return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
+
+
 def check_number(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False):
     """Validate a finite real constructor argument; returns it as a float."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -5,11 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.pde.base import EDGES, PDE, check_number
-
-
-def _sin(values):
-    return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
+from keras_balance.pde.base import EDGES, PDE, check_number, sin
 
 
 class HelmholtzPDE(PDE):
@@ -56,7 +52,7 @@ class HelmholtzPDE(PDE):
     def source(self, x, y):
         """The right-hand side q(x, y)."""
         w1, w2 = self.a1 * math.pi, self.a2 * math.pi
-        return (-(w1**2) - w2**2 + self.k**2) * _sin(w1 * x) * _sin(w2 * y)
+        return (-(w1**2) - w2**2 + self.k**2) * sin(w1 * x) * sin(w2 * y)
 
     def residuals(self, x, y, fields):
         u = fields["u"]
@@ -68,7 +64,7 @@ class HelmholtzPDE(PDE):
         return [tf.square(residual), tf.square(on_boundary * u)]
 
     def exact(self, x, y):
-        return _sin(self.a1 * math.pi * x) * _sin(self.a2 * math.pi * y)
+        return sin(self.a1 * math.pi * x) * sin(self.a2 * math.pi * y)
 
     def exact_preds(self, x, y):
         u = np.asarray(self.exact(np.asarray(x, "float64"), np.asarray(y, "float64"))).reshape(-1, 1)

@@ -5,11 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.pde.base import PDE, check_number
-
-
-def _sin(values):
-    return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
+from keras_balance.pde.base import PDE, check_number, sin
 
 
 class KirchhoffPDE(PDE):
@@ -73,7 +69,7 @@ class KirchhoffPDE(PDE):
 
     def load(self, x, y):
         """The distributed load p(x, y)."""
-        return self.p0 * _sin(math.pi * x / self.width) * _sin(math.pi * y / self.height)
+        return self.p0 * sin(math.pi * x / self.width) * sin(math.pi * y / self.height)
 
     def residuals(self, x, y, fields):
         biharmonic = fields["w_xxxx"] + 2.0 * fields["w_xxyy"] + fields["w_yyyy"]
@@ -89,7 +85,7 @@ class KirchhoffPDE(PDE):
         return [tf.square(residual), tf.square(on_boundary * w), moment]
 
     def exact(self, x, y):
-        return self.amplitude * _sin(math.pi * x / self.width) * _sin(math.pi * y / self.height)
+        return self.amplitude * sin(math.pi * x / self.width) * sin(math.pi * y / self.height)
 
     def exact_preds(self, x, y):
         w = np.asarray(self.exact(np.asarray(x, "float64"), np.asarray(y, "float64"))).reshape(-1, 1)
