@@ -285,3 +285,14 @@ def test_trains_under_a_distribution_strategy():
     assert int(model.balancer.step.numpy()) == 8
     assert all(np.isfinite(history.history["w_fit"]))
     np.testing.assert_allclose(history.history["w_fit"][-1] + history.history["w_small"][-1], 2.0, rtol=1e-5)
+
+
+def test_built_from_a_sequential_stack():
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    model = TwoTerms(net.inputs, net.outputs, balancer="relobralo")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x, y = _data()
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    assert history.history["fit"][-1] < history.history["fit"][0]
+    # The layers are shared with the stack: training the model trains `net`.
+    np.testing.assert_allclose(net(x).numpy(), model(x).numpy(), rtol=1e-6)
