@@ -53,3 +53,24 @@ class ExactErrorHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self.pde.error(self.predict, n=self.grid))
+
+
+class BalancerEpochEnd(keras.callbacks.Callback):
+    """Call a per-epoch balancer's `end_epoch()` after every training epoch.
+
+    `BalancedModel.fit` adds it by itself. With a Keras loss adapter
+    (`model.compile(loss=DWALoss(...))`), pass it to `fit`:
+    `model.fit(..., callbacks=[BalancerEpochEnd(loss)])`.
+
+    Args:
+        target: a balancer, or an object with a `balancer` attribute (a loss
+            adapter, a `BalancedModel`).
+    """
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def on_epoch_end(self, epoch, logs=None):
+        balancer = getattr(self.target, "balancer", self.target)
+        balancer.end_epoch()

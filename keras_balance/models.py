@@ -214,6 +214,16 @@ class BalancedModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`; calls a per-epoch balancer's `end_epoch()` after each epoch."""
+        if getattr(self.balancer, "needs_epoch_end", False):
+            from keras_balance.callbacks import BalancerEpochEnd
+
+            callbacks = list(callbacks or [])
+            if not any(isinstance(c, BalancerEpochEnd) for c in callbacks):
+                callbacks.append(BalancerEpochEnd(self))
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
     @property
     def num_terms(self):
         return None if self.term_names is None else len(self.term_names)

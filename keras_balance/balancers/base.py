@@ -188,6 +188,19 @@ class LossBalancer(Balancer):
 
     kind = LOSS_LEVEL
 
+    #: True for balancers that update once per epoch (see `end_epoch`);
+    #: `BalancedModel.fit` then calls `end_epoch()` after every epoch, and
+    #: `keras_balance.callbacks.BalancerEpochEnd` does it for a Keras loss.
+    needs_epoch_end = False
+
+    def end_epoch(self):
+        """Called eagerly (outside any `tf.function`) after each training epoch.
+
+        The default does nothing. Per-epoch methods (DWA in its paper's form)
+        accumulate statistics during the epoch's steps and update their
+        weights here.
+        """
+
     def __call__(self, losses, **kwargs):
         if isinstance(losses, (list, tuple)):
             losses = tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
