@@ -89,6 +89,14 @@ class BalancedLoss(keras.losses.Loss):
                 "Gradient-level balancers need `BalancedModel`."
             )
         self.balancer.build_for(len(self.term_names))
+        if self.balancer.trainable_weights:
+            raise ValueError(
+                f"The balancer {self.balancer.name!r} has trainable parameters "
+                f"({', '.join(v.path for v in self.balancer.trainable_weights)}), and a Keras "
+                "loss passed to `compile(loss=...)` cannot have them trained by the model's "
+                "optimizer. Use `keras_balance.BalancedModel` (or `PINNModel`), which "
+                "trains them with the model."
+            )
         self._term_losses = keras.Variable(
             tf.zeros(len(self.term_names)), trainable=False, name="term_losses"
         )
@@ -214,3 +222,75 @@ class ReLoBRaLoLoss(BalancedLoss):
         terms = config.pop("terms")
         config.pop("term_names", None)
         return cls(_pde_from_config(terms["pde"]), **config)
+
+
+class _MethodLoss(BalancedLoss):
+    """A `BalancedLoss` whose balancer is one registered method.
+
+    Subclasses set `method` (the registry name). Constructor keywords other
+    than the `Loss` ones (`reduction`, `dtype`) go to the balancer.
+    """
+
+    method = None
+
+    def __init__(self, terms, term_names=None, num_terms=None, name=None, reduction="sum_over_batch_size",
+                 dtype=None, balancer=None, **options):
+        if balancer is None:
+            balancer = balancers_lib.get(self.method, **options)
+        elif options:
+            raise ValueError(
+                f"Pass either `balancer` or the {self.method} options, not both; received {sorted(options)}."
+            )
+        super().__init__(terms, balancer=balancer, term_names=term_names, num_terms=num_terms,
+                         name=name or f"{self.method}_loss", reduction=reduction, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        terms = config.pop("terms")
+        if isinstance(terms, dict) and "pde" in terms:
+            terms = _pde_from_config(terms["pde"])
+        else:
+            terms = keras.saving.deserialize_keras_object(terms)
+        return cls(terms, **config)
+
+
+def _method_loss(class_name, method, summary):
+    """Define and register the Keras loss adapter of one method."""
+    doc = f"""{summary}
+
+    A `BalancedLoss` with the `{method}` balancer: `terms` is a PDE (with the
+    coordinates in `y_true`) or a callable `terms(y_true, y_pred)` returning K
+    tensors, as for `BalancedLoss`; the other keyword arguments are those of
+    the balancer (see `keras_balance.balancers.get("{method}")`).
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss={class_name}(pde))
+    ```
+    """
+    cls = type(class_name, (_MethodLoss,), {"method": method, "__doc__": doc, "__module__": __name__})
+    return keras.saving.register_keras_serializable(package="keras_balance")(cls)
+
+
+InitialLossLoss = _method_loss("InitialLossLoss", "initial_loss", "Weights 1 / L_i(0) as a Keras loss.")
+PriorLossLoss = _method_loss("PriorLossLoss", "prior_loss", "Weights 1 / L_i^prior as a Keras loss.")
+RealTimeLoss = _method_loss("RealTimeLoss", "real_time", "Weights 1 / stopgrad(L_i(t)) as a Keras loss.")
+GeneralizedMeanLoss = _method_loss(
+    "GeneralizedMeanLoss", "generalized_mean", "The generalized (power) mean of the terms as a Keras loss."
+)
+UncertaintyWeightingLoss = _method_loss(
+    "UncertaintyWeightingLoss",
+    "uncertainty",
+    "Uncertainty weighting (Kendall et al. 2018). Its log-variances are trainable, which a Keras "
+    "loss cannot provide: constructing it raises an error that points to `BalancedModel`.",
+)
+SoftAdaptLoss = _method_loss("SoftAdaptLoss", "softadapt", "SoftAdapt (Heydari et al. 2019) as a Keras loss.")
+DWALoss = _method_loss(
+    "DWALoss",
+    "dwa",
+    "Dynamic Weight Average (Liu et al. 2019) as a Keras loss. In its default per-epoch form, pass "
+    "`keras_balance.callbacks.BalancerEpochEnd(loss)` to `fit`.",
+)
+RLWLoss = _method_loss("RLWLoss", "rlw", "Random loss weighting (Lin et al. 2021) as a Keras loss.")

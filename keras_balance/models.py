@@ -42,6 +42,24 @@ def _functional_variant(cls):
     return variant
 
 
+class _PerSampleLoss(keras.losses.Loss):
+    """A Keras `Loss` around a per-sample loss function (sample weights, reduction)."""
+
+    def __init__(self, fn, name=None):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def _as_loss(identifier, where):
+    loss = keras.losses.get(identifier)
+    if loss is None:
+        raise ValueError(f"Argument `loss` has no usable loss for {where}; received {identifier!r}.")
+    return loss if isinstance(loss, keras.losses.Loss) else _PerSampleLoss(loss)
+
+
 @keras.saving.register_keras_serializable(package="keras_balance")
 class LatestValue(keras.metrics.Metric):
     """A metric that reports the last value it was given (e.g. a loss weight)."""
@@ -184,13 +202,24 @@ class BalancedModel(keras.Model):
             if locked:
                 self._tracker.lock()
 
-    def compile(self, optimizer="rmsprop", balancer=None, term_names=None, **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, balancer=None, term_names=None, **kwargs):
         """Configure training. Accepts Keras' `compile` arguments plus:
 
         Args:
+            loss: optional, one loss per output, as Keras takes them: a dict
+                `{output_name: loss}`, a list with one entry per output (None
+                for outputs without a loss), or a single loss applied to every
+                output. Each becomes one term, named after its output (e.g.
+                `depth`, weight `w_depth`), computed with the batch's
+                `sample_weight`. Without `loss`, the terms come from
+                `compute_loss_terms`, which a subclass overrides.
             balancer: replaces the balancer given to the constructor.
             term_names: replaces the term names.
         """
+        if loss is not None:
+            self._output_losses = self._resolve_output_losses(loss)
+            if term_names is None:
+                term_names = [name for name, _ in self._output_losses]
         if balancer is not None or term_names is not None:
             self._attach(
                 self.balancer if balancer is None else balancer,
@@ -202,6 +231,70 @@ class BalancedModel(keras.Model):
                 "constructor or to `compile`, or set `term_names` on the subclass."
             )
         super().compile(optimizer=optimizer, **kwargs)
+        if loss is not None:
+            # Keep the per-output losses in the compile config (for load_model).
+            self._compile_config.config["loss"] = loss
+
+    def _output_keys(self):
+        """The names under which the model's outputs appear in `y` and `y_pred`."""
+        struct = getattr(self, "_outputs_struct", None)
+        if isinstance(struct, dict):
+            return list(struct)
+        names = getattr(self, "output_names", None)
+        return list(names) if names else None
+
+    def _resolve_output_losses(self, loss):
+        keys = self._output_keys()
+        if keys is None:
+            raise ValueError(
+                "Argument `loss` needs a model with known outputs (a functional model); "
+                "a subclassed BalancedModel defines its terms in `compute_loss_terms`."
+            )
+        if isinstance(loss, dict):
+            unknown = sorted(set(loss) - set(keys))
+            if unknown:
+                raise ValueError(
+                    f"Argument `loss` names outputs {unknown} that the model does not have; "
+                    f"its outputs are {keys}."
+                )
+            pairs = [(key, loss[key]) for key in keys if loss.get(key) is not None]
+        elif isinstance(loss, (list, tuple)):
+            if len(loss) != len(keys):
+                raise ValueError(
+                    f"Argument `loss` must have one entry per output ({len(keys)}: {keys}); "
+                    f"received {len(loss)} entries."
+                )
+            pairs = [(key, item) for key, item in zip(keys, loss) if item is not None]
+        else:
+            pairs = [(key, loss) for key in keys]
+        if not pairs:
+            raise ValueError(f"Argument `loss` gives no loss for any output; received loss={loss!r}.")
+        return [(key, _as_loss(item, f"output {key!r}")) for key, item in pairs]
+
+    def _by_output(self, values, what):
+        keys = self._output_keys()
+        if isinstance(values, dict):
+            missing = [key for key, _ in self._output_losses if key not in values]
+            if missing:
+                raise ValueError(f"`{what}` has no entry for the outputs {missing}; received keys {sorted(values)}.")
+            return values
+        if isinstance(values, (list, tuple)):
+            if len(values) != len(keys):
+                raise ValueError(
+                    f"`{what}` must have one entry per output ({len(keys)}: {keys}); received {len(values)}."
+                )
+            return dict(zip(keys, values))
+        return {key: values for key in keys}
+
+    def _output_loss_terms(self, y, y_pred, sample_weight):
+        """One term per output loss given to `compile`."""
+        targets = self._by_output(y, "y")
+        preds = self._by_output(y_pred, "y_pred")
+        weights = self._by_output(sample_weight, "sample_weight") if sample_weight is not None else {}
+        return [
+            loss(targets[key], preds[key], sample_weight=weights.get(key))
+            for key, loss in self._output_losses
+        ]
 
     def compile_from_config(self, config):
         """Recompile from `get_compile_config()` (used by `keras.models.load_model`).
@@ -233,13 +326,18 @@ class BalancedModel(keras.Model):
     def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
         """Return the K scalar loss terms of a batch, in the order of `term_names`.
 
-        Override this in a subclass. It receives the batch (`x`, `y`,
-        `sample_weight`) and the model's prediction `y_pred = self(x)`, and
-        returns a list of K scalar tensors (or a (K,) tensor). Everything in it
-        must be differentiable with respect to the model's variables.
+        With losses given to `compile(loss=...)`, the terms are those losses,
+        one per output. Otherwise override this in a subclass: it receives the
+        batch (`x`, `y`, `sample_weight`) and the model's prediction
+        `y_pred = self(x)`, and returns a list of K scalar tensors (or a (K,)
+        tensor). Everything in it must be differentiable with respect to the
+        model's variables.
         """
+        if getattr(self, "_output_losses", None):
+            return self._output_loss_terms(y, y_pred, sample_weight)
         raise TypeError(
-            f"{type(self).__name__} has no loss terms: override "
+            f"{type(self).__name__} has no loss terms: pass one loss per output to "
+            "`compile(loss=...)`, or override "
             "`compute_loss_terms(self, x, y, y_pred, sample_weight, training)` to return "
             f"the {self.num_terms or 'K'} scalar terms named by `term_names`."
         )
