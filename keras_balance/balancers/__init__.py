@@ -12,10 +12,14 @@ from keras_balance.balancers.base import (
 )
 from keras_balance.balancers.fixed import Sum
 from keras_balance.balancers.registry import available, deserialize, get, register, serialize
+from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
+from keras_balance.balancers.softadapt import SoftAdapt
 
 register("sum", Sum)
 register("relobralo", ReLoBRaLo)
+register("softadapt", SoftAdapt)
+register("dwa", DWA)
 
 __all__ = [
     "Balancer",
@@ -25,6 +29,8 @@ __all__ = [
     "GRADIENT_LEVEL",
     "Sum",
     "ReLoBRaLo",
+    "SoftAdapt",
+    "DWA",
     "available",
     "get",
     "register",
