@@ -1,6 +1,5 @@
 """Properties every registered loss-level balancer must have."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
