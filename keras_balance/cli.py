@@ -39,6 +39,16 @@ def _int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, received {text!r}") from None
 
 
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, received {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, received {text!r}")
+    return value
+
+
 def _add_training_options(parser):
     parser.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem to solve")
     parser.add_argument("--steps", type=_positive_int, default=None,
@@ -48,6 +58,9 @@ def _add_training_options(parser):
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="write the JSON summary to PATH (train: one object; compare: a list, one per run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--options", type=_json_object, default=None, metavar="JSON",
+                        help="balancer constructor arguments as a JSON object, "
+                             "e.g. '{\"temperature\": 1.0}' or '{\"prior_losses\": [100, 1]}'")
 
 
 def build_parser():
@@ -82,7 +95,8 @@ def build_parser():
     return parser
 
 
-def _check_balancer(name):
+def _check_balancer(name, options=None):
+    """Exit with a clear message for an unknown name or unusable options."""
     from keras_balance import balancers
 
     if name.lower() not in balancers.available():
@@ -90,6 +104,10 @@ def _check_balancer(name):
             f"keras-balance: error: unknown balancer {name!r}; "
             f"known balancers: {', '.join(balancers.available())}"
         )
+    try:
+        balancers.get(name, **(options or {}))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"keras-balance: error: balancer {name!r} with --options {options or {}}: {error}") from None
 
 
 def _write_json(path, payload):
@@ -116,10 +134,11 @@ def _print_run(result, out=None):
 def cmd_train(args):
     from keras_balance import bench
 
-    _check_balancer(args.balancer)
+    _check_balancer(args.balancer, args.options)
     result = bench.train(
         args.pde,
         args.balancer,
+        balancer_options=args.options,
         steps=args.steps,
         seed=args.seed,
         learning_rate=args.learning_rate,
@@ -141,13 +160,14 @@ def cmd_compare(args):
 
     names = [n.strip() for n in args.balancers.split(",") if n.strip()]
     for name in names:
-        _check_balancer(name)
+        _check_balancer(name, args.options)
     if not args.seeds:
         raise SystemExit("keras-balance: error: --seeds needs at least one seed")
     results = bench.compare(
         args.pde,
         names,
         seeds=args.seeds,
+        balancer_options=args.options,
         steps=args.steps,
         learning_rate=args.learning_rate,
         jit_compile=not args.no_jit,

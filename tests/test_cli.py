@@ -112,3 +112,32 @@ def test_speed_reports_ratios_to_the_baseline(capsys):
     assert set(rows) == {"sum", "relobralo"}
     assert float(rows["sum"].split("|")[3]) == 1.0
     assert float(rows["relobralo"].split("|")[3]) > 0
+
+
+REQUIRED_OPTIONS = {"prior_loss": '{"prior_losses": [1000.0, 0.1]}'}
+
+
+@pytest.mark.parametrize("name", sorted(__import__("keras_balance").balancers.available()))
+def test_train_accepts_every_registered_balancer(name, tmp_path, capsys):
+    argv = ["train", "helmholtz", "--balancer", name, "--steps", "3", "--quiet", "--no-jit",
+            "--json", str(tmp_path / "run.json")]
+    if name in REQUIRED_OPTIONS:
+        argv += ["--options", REQUIRED_OPTIONS[name]]
+    assert cli.main(argv) == 0
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["balancer"] == name and np.all(np.isfinite(list(data["final_weights"].values())))
+
+
+def test_missing_or_bad_options_are_clear_errors():
+    with pytest.raises(SystemExit, match="'prior_loss'.*prior_losses"):
+        cli.main(["train", "helmholtz", "--balancer", "prior_loss", "--steps", "1"])
+    with pytest.raises(SystemExit, match="temperature"):
+        cli.main(["train", "helmholtz", "--balancer", "relobralo", "--options", '{"temperature": -1}'])
+
+
+def test_list_names_every_registered_balancer(capsys):
+    from keras_balance import balancers
+
+    cli.main(["list"])
+    names = {line.split()[0] for line in capsys.readouterr().out.strip().splitlines()}
+    assert names == set(balancers.available())

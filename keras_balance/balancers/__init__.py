@@ -14,12 +14,17 @@ from keras_balance.balancers.fixed import Sum
 from keras_balance.balancers.registry import available, deserialize, get, register, serialize
 from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
+from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
 from keras_balance.balancers.softadapt import SoftAdapt
 
 register("sum", Sum)
 register("relobralo", ReLoBRaLo)
+register("initial_loss", InitialLoss)
+register("prior_loss", PriorLoss)
+register("real_time", RealTime)
 register("softadapt", SoftAdapt)
 register("dwa", DWA)
+register("rlw", RLW)
 
 __all__ = [
     "Balancer",
@@ -29,8 +34,13 @@ __all__ = [
     "GRADIENT_LEVEL",
     "Sum",
     "ReLoBRaLo",
+    "InitialLoss",
+    "PriorLoss",
+    "prior_loss",
+    "RealTime",
     "SoftAdapt",
     "DWA",
+    "RLW",
     "available",
     "get",
     "register",

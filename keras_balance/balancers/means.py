@@ -1,6 +1,7 @@
 """The generalized (power) mean of the loss terms, a differentiable total."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -41,21 +42,26 @@ def power_mean(losses, gamma, epsilon, mask=None):
     Only the terms where `mask` is True take part (all of them by default);
     `n` is their number. Returns `(mean, weights)`: `mean` is a scalar,
     differentiable with respect to `losses`; `weights` (shape (K,), no
-    gradient) are the partial derivatives `dM/dL_i`, zero outside `mask`.
+    gradient) are the partial derivatives `w_i = dM/dL_i =
+    (1/n) (L_i / M)^(gamma - 1)`, zero outside `mask`.
 
-    - `gamma = 0`: the geometric mean `exp(mean_i log L_i)`, computed as such.
     - `gamma = +inf` / `-inf`: the max / min; the derivative is one-hot at the
       arg-max / arg-min, split evenly among ties.
-    - otherwise: each term is first clamped below at `epsilon`, and the mean is
-      computed as `r * ((1/n) sum_i (L_i / r)^gamma)^(1/gamma)` with `r` the
-      largest term (gamma > 0) or the smallest (gamma < 0). Every ratio then
-      lies in (0, 1] after the power, which is the max-shifted log-sum-exp of
-      `gamma log L_i` written without logarithms: it cannot overflow, and `r`
-      needs no gradient since the mean does not depend on it.
+    - finite `gamma`: each term is first clamped below at `epsilon`, and the
+      mean is computed in log space around a reference term `r` (the largest
+      term for gamma >= 0, the smallest for gamma < 0), from
+      `d_i = log(L_i / r)`:
 
-    With `w_i = (1/n) (L_i / M)^(gamma - 1)`, the log of each weight is
-    clipped at `log(0.1 * float_max)` so that even `gamma` in (0, 1) with
-    terms 50 orders of magnitude apart gives finite weights.
+          gamma = 0:   log(M / r) = (1/n) sum_i d_i
+          otherwise:   log(M / r) = (log sum_i exp(gamma d_i) - log n) / gamma
+
+      which is the max-shifted log-sum-exp of `gamma log L_i`: every
+      exponential lies in (0, 1], so nothing overflows, and the geometric mean
+      is computed exactly as such. `r` carries no gradient (M does not depend
+      on it), and `log(M / r)` gives `log(L_i / M) = d_i - log(M / r)`, from
+      which the weights follow; their logarithm is clipped at
+      `log(0.1 * float_max)`, so they stay finite even for `gamma` in (0, 1)
+      with terms 50 orders of magnitude apart.
     """
     dtype = losses.dtype
     info = np.finfo(dtype.as_numpy_dtype)
@@ -70,44 +76,41 @@ def power_mean(losses, gamma, epsilon, mask=None):
     safe = tf.where(mask, losses, tf.ones_like(losses))
 
     if math.isinf(gamma):
-        if gamma > 0:
-            extreme = tf.reduce_max(tf.where(mask, safe, tf.fill(tf.shape(safe), -info.max)))
-        else:
-            extreme = tf.reduce_min(tf.where(mask, safe, tf.fill(tf.shape(safe), info.max)))
+        fill = -info.max if gamma > 0 else info.max
+        candidates = tf.where(mask, safe, tf.fill(tf.shape(safe), fill))
         # tf.reduce_max/min split their gradient evenly among ties, as the
         # weights below do.
+        extreme = tf.reduce_max(candidates) if gamma > 0 else tf.reduce_min(candidates)
         mean = tf.where(any_term, extreme, tf.zeros_like(extreme))
         hits = tf.cast(tf.logical_and(mask, tf.equal(safe, tf.stop_gradient(extreme))), dtype)
         weights = hits / tf.maximum(tf.reduce_sum(hits), 1.0)
         return mean, tf.stop_gradient(weights)
 
     clamped = _clamp_below(safe, tf.constant(epsilon, dtype))
-    frozen = tf.stop_gradient(clamped)
-    if gamma == 0.0:
-        log_mean = tf.reduce_sum(present * tf.math.log(clamped)) / count
-        mean = tf.where(any_term, tf.exp(log_mean), tf.zeros_like(log_mean))
-        # log(L_i / M), from the ratio itself unless it over- or underflows.
-        safe_mean = tf.stop_gradient(tf.where(any_term, mean, tf.ones_like(mean)))
-        log_ratios = _log_ratio(frozen, safe_mean, tf.math.log(frozen) - tf.stop_gradient(log_mean))
+    if gamma >= 0:
+        reference = tf.reduce_max(tf.where(mask, clamped, tf.zeros_like(clamped)))
     else:
-        if gamma > 0:
-            reference = tf.reduce_max(tf.where(mask, clamped, tf.zeros_like(clamped)))
-        else:
-            reference = tf.reduce_min(tf.where(mask, clamped, tf.fill(tf.shape(clamped), info.max)))
-        reference = tf.stop_gradient(tf.where(any_term, reference, tf.ones_like(reference)))
-        ratios = tf.where(mask, clamped / reference, tf.ones_like(clamped))
-        powers = tf.where(mask, tf.pow(ratios, gamma), tf.zeros_like(ratios))
-        total = tf.reduce_sum(powers)  # in [1, n] when a term is present
+        reference = tf.reduce_min(tf.where(mask, clamped, tf.fill(tf.shape(clamped), info.max)))
+    reference = tf.stop_gradient(tf.where(any_term, reference, tf.ones_like(reference)))
+    log_reference = tf.math.log(reference)
+    # d_i = log(L_i / r): from the ratio itself (exact for the reference term,
+    # precise for close terms), or from the difference of logs where the
+    # ratio over- or underflows.
+    logs = _log_ratio(clamped, reference, tf.math.log(clamped) - log_reference)
+    logs = tf.where(mask, logs, tf.zeros_like(logs))
+    if gamma == 0.0:
+        log_scale = tf.reduce_sum(present * logs) / count
+    else:
+        total = tf.reduce_sum(present * tf.exp(gamma * logs))  # in [1, n] when a term is present
         total = tf.where(any_term, total, count)
-        mean = reference * tf.pow(total / count, 1.0 / gamma)
-        mean = tf.where(any_term, mean, tf.zeros_like(mean))
-        # log(L_i / M) = log(L_i / r) - log(S / n) / gamma: the first part is
-        # exactly 0 for the reference term, which keeps the weights precise
-        # for large |gamma|, where (gamma - 1) amplifies any rounding.
-        log_shift = tf.stop_gradient(tf.math.log(total / count) / gamma)
-        log_ratios = _log_ratio(frozen, reference, tf.math.log(frozen) - tf.math.log(reference)) - log_shift
+        log_scale = (tf.math.log(total) - tf.math.log(count)) / gamma
+    # M = r * (M / r); where M / r would underflow, exp(log r + log(M / r)).
+    scale = tf.exp(log_scale)
+    mean = tf.where(scale >= info.tiny, reference * scale, tf.exp(log_reference + log_scale))
+    mean = tf.where(any_term, mean, tf.zeros_like(mean))
 
-    # dM/dL_i = (1/n) (L_i / M)^(gamma - 1).
+    # dM/dL_i = (1/n) (L_i / M)^(gamma - 1), with log(L_i / M) = d_i - log(M / r).
+    log_ratios = tf.stop_gradient(logs - log_scale)
     log_weights = tf.minimum((gamma - 1.0) * log_ratios, math.log(0.1 * float(info.max)))
     weights = tf.where(mask, tf.exp(log_weights) / count, tf.zeros_like(log_weights))
     return mean, weights
@@ -191,8 +194,11 @@ class GeneralizedMean(LossBalancer):
         name="generalized_mean",
         **kwargs,
     ):
-        if isinstance(gamma, bool):
-            raise TypeError(f"Argument `gamma` must be a number; received gamma={gamma!r}.")
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+            raise TypeError(
+                f"Argument `gamma` must be a real number or +/-inf; received gamma={gamma!r} "
+                f"(of type {type(gamma).__name__})."
+            )
         self.gamma = check_range("gamma", gamma, -math.inf, math.inf)
         self.epsilon = check_positive("epsilon", epsilon)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
