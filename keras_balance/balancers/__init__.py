@@ -11,17 +11,21 @@ from keras_balance.balancers.base import (
     LossBalancer,
 )
 from keras_balance.balancers.fixed import Sum
+from keras_balance.balancers.means import GeneralizedMean
 from keras_balance.balancers.registry import available, deserialize, get, register, serialize
 from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
 from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
 from keras_balance.balancers.softadapt import SoftAdapt
+from keras_balance.balancers.uncertainty import UncertaintyWeighting
 
 register("sum", Sum)
 register("relobralo", ReLoBRaLo)
 register("initial_loss", InitialLoss)
 register("prior_loss", PriorLoss)
 register("real_time", RealTime)
+register("generalized_mean", GeneralizedMean)
+register("uncertainty", UncertaintyWeighting)
 register("softadapt", SoftAdapt)
 register("dwa", DWA)
 register("rlw", RLW)
@@ -38,6 +42,8 @@ __all__ = [
     "PriorLoss",
     "prior_loss",
     "RealTime",
+    "GeneralizedMean",
+    "UncertaintyWeighting",
     "SoftAdapt",
     "DWA",
     "RLW",

@@ -152,9 +152,13 @@ class GeneralizedMean(LossBalancer):
 
     Numerics: for finite `gamma` every term is clamped below at `epsilon`
     (in value; its gradient is the derivative at `epsilon`), and the mean is
-    computed with the largest (`gamma > 0`) or smallest (`gamma < 0`) term
-    factored out, the max-shifted log-sum-exp of `gamma log L_i`, so terms
-    from 0 to 1e30 give a finite total and finite weights.
+    computed in log space around the largest (`gamma >= 0`) or smallest
+    (`gamma < 0`) term, the max-shifted log-sum-exp of `gamma log L_i`, so
+    terms anywhere from 0 to the largest float give a finite total and finite
+    weights (the log of a weight is capped at `log(0.1 * float_max)`). The
+    gradient of the total is that of automatic differentiation; it equals the
+    weights, and overflows only where the exact derivative exceeds the float32
+    range (0 < gamma < 1 with terms some 50 orders of magnitude apart).
 
     NaN policy: when a term is NaN or infinite, `nan_policy="skip"` keeps the
     weights of the previous step in `term_weights` and returns them, and the

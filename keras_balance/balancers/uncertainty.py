@@ -66,7 +66,7 @@ class UncertaintyWeighting(LossBalancer):
 
     Reference: A. Kendall, Y. Gal and R. Cipolla, "Multi-Task Learning Using
     Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018.
-    The "log1p" regularizer is the positive variant described in L. Xiao,
+    The "log1p" regularizer is the positive variant described in B. Xiao,
     "Strategies for balancing multiple loss functions in deep learning", 2024.
 
     Args:
@@ -88,7 +88,7 @@ class UncertaintyWeighting(LossBalancer):
     trained with the model's weights.
     """
 
-    summary = "Learned task uncertainties: sum 0.5 exp(-s_i) L_i + 0.5 s_i, trained with the model (Kendall et al. 2018)."
+    summary = "Learned uncertainties: sum 0.5 exp(-s_i) L_i + 0.5 s_i, trained with the model (Kendall et al. 2018)."
 
     def __init__(
         self,

@@ -541,8 +541,6 @@ def test_serialize_round_trip(serialize, deserialize):
 
 
 def test_registered_name():
-    if "generalized_mean" not in kb.available():
-        pytest.skip("not registered yet")
     assert kb.available()["generalized_mean"] is GeneralizedMean
     assert isinstance(kb.get("generalized_mean", gamma=2.0), GeneralizedMean)
 
