@@ -244,15 +244,6 @@ class _MethodLoss(BalancedLoss):
         super().__init__(terms, balancer=balancer, term_names=term_names, num_terms=num_terms,
                          name=name or f"{self.method}_loss", reduction=reduction, dtype=dtype)
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        terms = config.pop("terms")
-        if isinstance(terms, dict) and "pde" in terms:
-            terms = _pde_from_config(terms["pde"])
-        else:
-            terms = keras.saving.deserialize_keras_object(terms)
-        return cls(terms, **config)
 
 
 def _method_loss(class_name, method, summary):

@@ -193,3 +193,28 @@ def test_config_round_trip():
     assert (restored.alpha, restored.temperature, restored.rho) == (0.9, 0.5, 0.8)
     assert restored.balancer.seed == 3
     assert restored.term_names == ("L_f", "L_b0", "L_b2")
+
+
+@pytest.mark.parametrize("name", ["InitialLossLoss", "RealTimeLoss", "GeneralizedMeanLoss", "SoftAdaptLoss",
+                                  "DWALoss", "RLWLoss"])
+def test_method_adapters_round_trip_and_train_a_step(name):
+    from keras_balance import losses
+
+    cls = getattr(losses, name)
+    loss = cls(HelmholtzPDE())
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is cls and restored.balancer.get_config() == loss.balancer.get_config()
+    pde = HelmholtzPDE()
+    model = build_pinn(pde, width=8, depth=1, seed=0)
+    model.compile(optimizer="adam", loss=restored)
+    xy = pde.sample(32, 8, seed=0)
+    model.fit(xy, xy, batch_size=len(xy), epochs=3, verbose=0)
+    weights = restored.term_weights
+    assert weights.shape == (2,) and np.all(np.isfinite(weights))
+
+
+def test_uncertainty_loss_points_to_balanced_model():
+    from keras_balance.losses import UncertaintyWeightingLoss
+
+    with pytest.raises(ValueError, match="BalancedModel"):
+        UncertaintyWeightingLoss(HelmholtzPDE())

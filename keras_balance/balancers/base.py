@@ -56,6 +56,13 @@ def check_positive(name, value):
     return check_range(name, value, 0.0, math.inf, low_open=True, high_open=True)
 
 
+def as_loss_vector(losses):
+    """A float32 (K,) tensor from a tensor, an array or a list of scalars."""
+    if isinstance(losses, (list, tuple)):
+        return tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
+    return tf.cast(tf.convert_to_tensor(losses), "float32")
+
+
 class Balancer(keras.layers.Layer):
     """Base class of every balancer.
 
@@ -202,9 +209,7 @@ class LossBalancer(Balancer):
         """
 
     def __call__(self, losses, **kwargs):
-        if isinstance(losses, (list, tuple)):
-            losses = tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
-        return super().__call__(losses, **kwargs)
+        return super().__call__(as_loss_vector(losses), **kwargs)
 
     def call(self, losses):
         losses = tf.cast(losses, self.term_weights.dtype)
@@ -234,8 +239,8 @@ class LossBalancer(Balancer):
 
     def combine(self, losses):
         """Return `(total, weights)`: the scalar to minimize and the weights used."""
+        losses = as_loss_vector(losses)
         weights = self(losses)
-        losses = tf.cast(losses, weights.dtype)
         return tf.reduce_sum(tf.stop_gradient(weights) * losses), weights
 
     def evaluate(self, losses):
@@ -243,7 +248,7 @@ class LossBalancer(Balancer):
 
         Used for validation: evaluating a model must not advance the balancer.
         """
-        losses = tf.cast(tf.convert_to_tensor(losses), "float32")
+        losses = as_loss_vector(losses)
         self._check_num_terms(losses, "losses")
         if not self.built:
             self.build_for(int(losses.shape[0]))

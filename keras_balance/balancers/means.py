@@ -7,14 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, check_positive, check_range
-
-
-def _as_loss_vector(losses):
-    """A float32 (K,) tensor from a tensor, an array or a list of scalars."""
-    if isinstance(losses, (list, tuple)):
-        return tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
-    return tf.cast(tf.convert_to_tensor(losses), "float32")
+from keras_balance.balancers.base import LossBalancer, as_loss_vector, check_positive, check_range
 
 
 def _clamp_below(values, floor):
@@ -221,7 +214,7 @@ class GeneralizedMean(LossBalancer):
         The weights follow the NaN policy (previous weights on a non-finite
         step); the total is the power mean of the finite terms.
         """
-        losses = _as_loss_vector(losses)
+        losses = as_loss_vector(losses)
         weights = self(losses)
         total, _ = power_mean(losses, self.gamma, self.epsilon, mask=tf.math.is_finite(losses))
         return total, weights
@@ -232,7 +225,7 @@ class GeneralizedMean(LossBalancer):
         Computed as `combine` does (the balancer has no other state), so a
         validation total is comparable to the training total.
         """
-        losses = _as_loss_vector(losses)
+        losses = as_loss_vector(losses)
         self._check_num_terms(losses, "losses")
         if not self.built:
             self.build_for(int(losses.shape[0]))

@@ -5,15 +5,9 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, check_positive
+from keras_balance.balancers.base import LossBalancer, as_loss_vector, check_positive
 
 REGULARIZERS = ("kendall", "log1p")
-
-
-def _as_loss_vector(losses):
-    if isinstance(losses, (list, tuple)):
-        return tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
-    return tf.cast(tf.convert_to_tensor(losses), "float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -154,7 +148,7 @@ class UncertaintyWeighting(LossBalancer):
 
         The total carries gradient to the terms and to the noise parameters.
         """
-        losses = _as_loss_vector(losses)
+        losses = as_loss_vector(losses)
         reported = self(losses)
         finite = tf.math.is_finite(losses)
         all_finite = tf.reduce_all(finite)
@@ -169,7 +163,7 @@ class UncertaintyWeighting(LossBalancer):
 
     def evaluate(self, losses):
         """Return `(total, weights)` with the current parameters, changing nothing."""
-        losses = _as_loss_vector(losses)
+        losses = as_loss_vector(losses)
         self._check_num_terms(losses, "losses")
         if not self.built:
             self.build_for(int(losses.shape[0]))
