@@ -17,6 +17,9 @@ from keras_balance import balancers as balancers_lib
 
 _FUNCTIONAL_VARIANTS = {}
 
+#: How `BalancedModel` obtains the per-term gradients of a gradient-level balancer.
+JACOBIAN_MODES = ("loop", "vectorized", "features")
+
 
 def _builds_a_graph(args, kwargs):
     """Are these constructor arguments `(inputs, outputs)` of a functional model?"""
@@ -153,6 +156,8 @@ class BalancedModel(keras.Model):
     """
 
     term_names = None
+    jacobian_mode = "loop"
+    feature_layer = None
 
     def __new__(cls, *args, **kwargs):
         # Keras turns a Model subclass called with (inputs, outputs) into a
@@ -202,7 +207,8 @@ class BalancedModel(keras.Model):
             if locked:
                 self._tracker.lock()
 
-    def compile(self, optimizer="rmsprop", loss=None, balancer=None, term_names=None, **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, balancer=None, term_names=None,
+                jacobian_mode=None, feature_layer=None, **kwargs):
         """Configure training. Accepts Keras' `compile` arguments plus:
 
         Args:
@@ -215,7 +221,37 @@ class BalancedModel(keras.Model):
                 `compute_loss_terms`, which a subclass overrides.
             balancer: replaces the balancer given to the constructor.
             term_names: replaces the term names.
+            jacobian_mode: how a gradient-level balancer gets the per-term
+                gradients. `"loop"` (default): one `tape.gradient` per term
+                on a persistent tape, the exact K x P Jacobian.
+                `"vectorized"`: `tape.jacobian` with pfor, the same Jacobian.
+                `"features"`: gradients with respect to a shared
+                representation (LibMTL's `rep_grad`, TorchJD's features):
+                the balancer's weights come from the K x (N*F) Jacobian of
+                the representation, then one backward pass through the trunk
+                carries the combined gradient. Cheaper, but the method then
+                balances representation gradients, not parameter gradients
+                (for MGDA this is the paper's MGDA-UB).
+            feature_layer: with `jacobian_mode="features"`, the name of the
+                layer whose output is the shared representation (a
+                functional model). None: the model's outputs (for a PINN,
+                the field and its derivatives at every point).
         """
+        if jacobian_mode is not None:
+            if jacobian_mode not in JACOBIAN_MODES:
+                raise ValueError(
+                    f"Argument `jacobian_mode` must be one of {JACOBIAN_MODES}; "
+                    f"received jacobian_mode={jacobian_mode!r}."
+                )
+            self.__dict__["jacobian_mode"] = jacobian_mode
+        if feature_layer is not None:
+            if not isinstance(feature_layer, str):
+                raise TypeError(
+                    f"Argument `feature_layer` must be a layer name; received feature_layer={feature_layer!r}."
+                )
+            self.get_layer(feature_layer)  # raises a clear error for an unknown name
+            self.__dict__["feature_layer"] = feature_layer
+            self.__dict__.pop("_features_and_outputs", None)
         if loss is not None:
             self._output_losses = self._resolve_output_losses(loss)
             if term_names is None:
@@ -234,6 +270,8 @@ class BalancedModel(keras.Model):
         if loss is not None:
             # Keep the per-output losses in the compile config (for load_model).
             self._compile_config.config["loss"] = loss
+        self._compile_config.config["jacobian_mode"] = self.jacobian_mode
+        self._compile_config.config["feature_layer"] = self.feature_layer
 
     def _output_keys(self):
         """The names under which the model's outputs appear in `y` and `y_pred`."""
@@ -352,23 +390,16 @@ class BalancedModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        gradient_level = self.balancer.kind == balancers_lib.GRADIENT_LEVEL
-        with tf.GradientTape(persistent=gradient_level) as tape:
+        if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
+            return self._gradient_level_step(x, y, sample_weight)
+        with tf.GradientTape() as tape:
             y_pred, terms = self._terms(x, y, sample_weight, training=True)
             # Read after the forward pass, which builds a subclassed model's layers.
             variables = self.trainable_variables
             regularization = self._regularization_loss()
-            if gradient_level:
-                term_list = tf.unstack(terms)  # sliced under the tape
-            else:
-                total, weights = self.balancer.combine(terms)
-                objective = self.optimizer.scale_loss(total + regularization)
-        if gradient_level:
-            grads, weights = self._aggregate_gradients(tape, term_list, regularization, variables)
-            total = tf.reduce_sum(weights * terms)
-        else:
-            grads = tape.gradient(objective, variables)
-        del tape
+            total, weights = self.balancer.combine(terms)
+            objective = self.optimizer.scale_loss(total + regularization)
+        grads = tape.gradient(objective, variables)
         self.optimizer.apply(grads, variables)
         return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
 
@@ -376,8 +407,9 @@ class BalancedModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, terms = self._terms(x, y, sample_weight, training=False)
         if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
-            weights = tf.ones_like(terms)
-            total = tf.reduce_sum(terms)
+            # The weights of the latest training step, as for a loss-level balancer.
+            weights = tf.identity(self.balancer.term_weights.value)
+            total = tf.reduce_sum(weights * terms)
         else:
             total, weights = self.balancer.evaluate(terms)
         total = total + self._regularization_loss()
@@ -388,25 +420,183 @@ class BalancedModel(keras.Model):
             return tf.constant(0.0)
         return tf.add_n([tf.cast(loss, "float32") for loss in self.losses])
 
-    def _aggregate_gradients(self, tape, terms, regularization, variables):
-        """Per-term gradients -> K x P Jacobian -> the balancer's direction."""
+    # -- gradient-level steps --------------------------------------------------
+
+    def _gradient_level_step(self, x, y, sample_weight):
+        # Methods that update every n steps (LR annealing) skip the per-term
+        # gradients in between: a weighted sum costs what Sum costs. Each
+        # branch runs its own forward pass, since a tape cannot be read from
+        # inside a `tf.cond` branch.
+        if getattr(self.balancer, "update_every", 1) > 1:
+            grads, weights, terms, y_pred, regularization = tf.cond(
+                self.balancer.needs_jacobian(),
+                lambda: self._gradient_pass(x, y, sample_weight, per_term=True),
+                lambda: self._gradient_pass(x, y, sample_weight, per_term=False),
+            )
+        else:
+            grads, weights, terms, y_pred, regularization = self._gradient_pass(
+                x, y, sample_weight, per_term=True
+            )
+        variables = self.trainable_variables
+        self.optimizer.apply([tf.cast(g, v.dtype) for g, v in zip(grads, variables)], variables)
+        total = tf.reduce_sum(weights * terms)
+        return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
+
+    def _gradient_pass(self, x, y, sample_weight, per_term):
+        """Forward pass, then the gradients: combined by the balancer, or with held weights."""
+        mode = self.jacobian_mode
+        with tf.GradientTape(persistent=per_term) as tape:
+            if per_term and mode == "features" and self.feature_layer is not None:
+                features, y_pred = self._feature_model()(x, training=True)
+            else:
+                y_pred = self(x, training=True)
+                features = y_pred
+            terms = self.compute_loss_terms(x, y, y_pred, sample_weight, training=True)
+            terms = _as_term_vector(terms, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
+            term_list = tf.unstack(terms)  # sliced under the tape
+            variables = self.trainable_variables
+            regularization = self._regularization_loss()
+            if not per_term:
+                weights = tf.stop_gradient(self.balancer.hold())
+                objective = tf.reduce_sum(weights * terms) + regularization
+        if not per_term:
+            grads = tape.gradient(objective, variables)
+        else:
+            losses = tf.stop_gradient(terms)
+            if mode == "features":
+                grads, weights = self._feature_gradients(tape, term_list, losses, features, variables)
+            else:
+                grads, weights = self._parameter_gradients(
+                    tape, terms if mode == "vectorized" else term_list, losses, variables
+                )
+            if self.losses:
+                extra = tape.gradient(regularization, variables)
+                grads = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
+        del tape
+        grads = self._zeros_for_none(grads, variables)
+        return grads, tf.cast(weights, "float32"), terms, y_pred, regularization
+
+    @staticmethod
+    def _zeros_for_none(grads, variables):
+        return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables)]
+
+    def _weighted_gradients(self, tape, term_list, weights, variables):
+        """Gradients of `sum_i w_i L_i` with the weights held constant (one backward pass)."""
+        weights = tf.stop_gradient(tf.cast(weights, "float32"))
+        total = tf.add_n([weights[i] * term for i, term in enumerate(term_list)])
+        return tape.gradient(total, variables)
+
+    def _scope_variables(self, variables, touched):
+        """The variables the balancer's Jacobian covers: all shared ones, or one layer's kernel."""
+        shared = [i for i, count in enumerate(touched) if count == self.num_terms]
+        if not getattr(self.balancer, "weights_all_parameters", False) or not hasattr(self.balancer, "layer"):
+            return shared
+        name = self.balancer.layer
+        if name is not None:
+            kernel = getattr(self.get_layer(name), "kernel", None)
+            if kernel is None:
+                raise ValueError(f"Layer {name!r} (the balancer's `layer`) has no kernel.")
+            matches = [i for i, v in enumerate(variables) if v is kernel or v.path == kernel.path]
+            if not matches or matches[0] not in shared:
+                raise ValueError(
+                    f"The kernel of layer {name!r} must be trained and touched by every loss term."
+                )
+            return matches[:1]
+        kernels = [i for i in shared if len(variables[i].shape) >= 2]
+        if not kernels:
+            raise ValueError("No kernel (a variable of rank >= 2) is shared by every loss term.")
+        return kernels[-1:]
+
+    def _parameter_gradients(self, tape, term_list, losses, variables):
+        """Per-term gradients with respect to the parameters -> the balancer's direction.
+
+        `term_list` is a list of K scalars (one `tape.gradient` each) or the
+        (K,) tensor of terms recorded by the tape (one vectorized `tape.jacobian`).
+        """
+        if not isinstance(term_list, list):
+            jacobians = tape.jacobian(term_list, variables, experimental_use_pfor=True)
+            term_list = [None] * self.num_terms
+            per_term = [
+                [None if j is None else j[i] for j in jacobians] for i in range(self.num_terms)
+            ]
+        else:
+            per_term = [tape.gradient(term, variables) for term in term_list]
+        touched = [sum(grads[v] is not None for grads in per_term) for v in range(len(variables))]
+        scope = self._scope_variables(variables, touched)
+        if not scope:
+            raise ValueError(
+                "No trainable variable is touched by every loss term, so a gradient-level balancer "
+                "has nothing to combine."
+            )
+        rows = [
+            tf.concat([tf.reshape(tf.cast(grads[v], "float32"), [-1]) for v in scope], 0)
+            for grads in per_term
+        ]
+        jacobian = tf.stack(rows)
+        weights = self.balancer.weigh(jacobian, losses)
+        scale_all = getattr(self.balancer, "weights_all_parameters", False)
+        shared = {v for v, count in enumerate(touched) if count == len(term_list)}
+        grads = []
+        for v, variable in enumerate(variables):
+            parts = [(i, g[v]) for i, g in enumerate(per_term) if g[v] is not None]
+            if not parts:
+                grads.append(tf.zeros(variable.shape, variable.dtype))
+            elif v in shared or scale_all:
+                # The direction J^T w, restricted to this variable.
+                grads.append(tf.add_n([tf.cast(weights[i], g.dtype) * g for i, g in parts]))
+            else:
+                # Task-specific parameters: the plain sum of their gradients.
+                grads.append(tf.add_n([g for _, g in parts]))
+        return grads, weights
+
+    def _feature_gradients(self, tape, term_list, losses, features, variables):
+        """Per-term gradients with respect to a shared representation (rep_grad)."""
+        flat = keras.tree.flatten(features)
         rows = []
-        for term in terms:
-            grads = tape.gradient(term, variables)
-            grads = [tf.zeros(v.shape, "float32") if g is None else g for g, v in zip(grads, variables)]
+        for term in term_list:
+            grads = tape.gradient(term, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             rows.append(tf.concat([tf.reshape(tf.cast(g, "float32"), [-1]) for g in grads], 0))
         jacobian = tf.stack(rows)
-        direction = self.balancer.aggregate(jacobian)
-        weights = self.balancer.term_weights.value
-        grads, offset = [], 0
-        for variable in variables:
-            size = int(np.prod(variable.shape))
-            grads.append(tf.reshape(direction[offset : offset + size], variable.shape))
+        weights = self.balancer.weigh(jacobian, losses)
+        if getattr(self.balancer, "weights_all_parameters", False) or self.feature_layer is None:
+            grads = self._weighted_gradients(tape, term_list, weights, variables)
+        else:
+            # Trunk: one backward pass with the combined representation gradient.
+            combined = [
+                tf.reshape(tf.linalg.matvec(jacobian[:, offset : offset + size], weights, transpose_a=True), f.shape)
+                for f, offset, size in self._feature_slices(flat)
+            ]
+            trunk = tape.gradient(flat, variables, output_gradients=[tf.cast(c, f.dtype) for c, f in zip(combined, flat)])
+            # Heads (after the representation): the plain sum of their terms' gradients.
+            heads = tape.gradient(tf.add_n(term_list), variables)
+            grads = [t if t is not None else h for t, h in zip(trunk, heads)]
+        return self._zeros_for_none(grads, variables), weights
+
+    @staticmethod
+    def _feature_slices(flat):
+        offset = 0
+        for f in flat:
+            size = int(np.prod(f.shape))
+            yield f, offset, size
             offset += size
-        if self.losses:
-            extra = tape.gradient(regularization, variables)
-            grads = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
-        return [tf.cast(g, v.dtype) for g, v in zip(grads, variables)], weights
+
+    def _feature_model(self):
+        """A model returning `(output of feature_layer, outputs)`, built once."""
+        model = getattr(self, "_features_and_outputs", None)
+        if model is None:
+            if not isinstance(self, Functional):
+                raise ValueError(
+                    "`feature_layer` needs a functional BalancedModel; a subclassed model can use "
+                    "jacobian_mode='features' with feature_layer=None (gradients with respect to "
+                    "its outputs)."
+                )
+            layer = self.get_layer(self.feature_layer)
+            outputs = getattr(self, "_outputs_struct", self.outputs)
+            model = keras.Model(self.inputs, [layer.output, outputs])
+            # A view on the model's own layers: kept out of Keras' tracking so
+            # that saving does not see its variables twice.
+            self.__dict__["_features_and_outputs"] = model
+        return model
 
     def _record(self, total, terms, weights, y, y_pred, sample_weight):
         self._loss_tracker.update_state(total)

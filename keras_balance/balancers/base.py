@@ -262,48 +262,150 @@ class LossBalancer(Balancer):
 class GradientBalancer(Balancer):
     """A balancer that combines the K per-term gradients into one direction.
 
-    Following the weighting/aggregation split of TorchJD, a subclass
-    implements `gramian_weights(gramian)`: from the K x K Gramian
-    `G = J J^T` it returns K weights `w`, and the direction is `J^T w`.
-    Methods that need more than the Gramian override `aggregate` itself.
+    Every gradient-level method in keras_balance returns a direction of the
+    form `d = J^T w`: a combination of the rows of the K x P Jacobian `J`
+    (row i is the gradient of loss i). Following the weighting/aggregation
+    split of TorchJD, a subclass implements one hook:
 
-    `aggregate(jacobian)` accepts a float32 or float64 tensor or NumPy array of
-    shape (K, P) and returns a (P,) tensor of the same dtype; the weights it
-    used are kept in the variable `term_weights` (also `last_weights`). Under
-    the "skip" NaN policy a Jacobian with a NaN or infinity gives a zero
-    direction and keeps the previous weights.
+    - `gramian_weights(gramian)`: from the K x K Gramian `G = J J^T` (float64)
+      return K weights (float64). Enough for most methods (MGDA, UPGrad,
+      PCGrad, CAGrad, IMTL-G, Aligned-MTL, ...).
+    - or `compute_weights(jacobian, losses)` for methods that need more than
+      the Gramian (the losses, or elementwise statistics of the gradients).
+
+    `aggregate(jacobian, losses=None)` accepts a float32 or float64 tensor or
+    NumPy array of shape (K, P) and returns the (P,) direction in the same
+    dtype; `weigh(jacobian, losses=None)` returns the K weights alone. The
+    weights of the latest call are kept in the variable `term_weights` (also
+    `last_weights`), and `step` counts the calls.
+
+    NaN policy: under `"skip"` (default) a Jacobian or loss with a NaN or an
+    infinity leaves the state of the balancer untouched (including `step`),
+    keeps the previous weights, and `aggregate` returns a zero direction.
+
+    Class attributes read by `BalancedModel`:
+
+    - `weights_all_parameters`: False (default) for methods that build a
+      direction for the parameters every term shares; parameters only some
+      terms touch (task heads) then receive the plain sum of their gradients,
+      as PCGrad, MGDA and CAGrad prescribe. True for methods that weight the
+      losses themselves (LR annealing, GradNorm): their weights multiply every
+      gradient of the term.
     """
 
     kind = GRADIENT_LEVEL
+    weights_all_parameters = False
 
-    def aggregate(self, jacobian):
+    def _build_bookkeeping(self, num_terms):
+        super()._build_bookkeeping(num_terms)
+        # Number of completed (finite) weighting steps; seeds random draws.
+        self.step = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False, name="step"
+        )
+
+    @property
+    def state_variables(self):
+        """The variables `compute_weights` updates (all but the bookkeeping)."""
+        return [
+            v
+            for v in self.non_trainable_variables
+            if v is not self.term_weights and v is not self.step
+        ]
+
+    # -- the contract ----------------------------------------------------------
+
+    def _prepare(self, jacobian, losses):
         jacobian = tf.convert_to_tensor(jacobian)
         if jacobian.dtype not in (tf.float32, tf.float64):
             jacobian = tf.cast(jacobian, tf.float32)
         self._check_num_terms(jacobian, "jacobian")
         if not self.built:
             self.build_for(int(jacobian.shape[0]))
-        # NaN policy: a non-finite Jacobian gives a zero direction (no update)
-        # and leaves the weights of the previous step in place.
+        if losses is not None:
+            losses = tf.cast(as_loss_vector(losses), jacobian.dtype)
+            self._check_num_terms(losses, "losses")
+        return jacobian, losses
+
+    def weigh(self, jacobian, losses=None):
+        """Return the K weights `w` (dtype of `jacobian`) with `J^T w` the direction.
+
+        Advances the state of the balancer exactly as `aggregate` does.
+
+        Args:
+            jacobian: (K, P) float32 or float64 tensor or array.
+            losses: optional (K,) loss values; methods that use them say so.
+        """
+        jacobian, losses = self._prepare(jacobian, losses)
+        return self._weigh(jacobian, losses)[0]
+
+    def _weigh(self, jacobian, losses):
         finite = self.all_finite(jacobian)
+        if losses is not None:
+            finite = tf.logical_and(finite, self.all_finite(losses))
+            losses = tf.where(tf.math.is_finite(losses), losses, tf.zeros_like(losses))
         jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
-        gramian = tf.matmul(jacobian, jacobian, transpose_b=True)
-        weights = self.gramian_weights(gramian)
-        previous = tf.cast(self.term_weights.value, weights.dtype)
+        snapshot = [tf.identity(v.value) for v in self.state_variables]
+        weights = tf.cast(self.compute_weights(jacobian, losses), jacobian.dtype)
+        # Skip policy: put the state back and reuse the previous weights.
+        for var, old in zip(self.state_variables, snapshot):
+            var.assign(tf.where(finite, var.value, old))
+        previous = tf.cast(self.term_weights.value, jacobian.dtype)
         weights = tf.where(finite, weights, previous)
         self.term_weights.assign(tf.cast(weights, self.term_weights.dtype))
+        self.step.assign_add(tf.cast(finite, "int64"))
+        return weights, jacobian, finite
+
+    def aggregate(self, jacobian, losses=None):
+        """Return the (P,) direction `J^T w` for a (K, P) Jacobian.
+
+        Args:
+            jacobian: (K, P) float32 or float64 tensor or NumPy array; row i is
+                the gradient of loss i.
+            losses: optional (K,) loss values; methods that use them say so.
+        """
+        jacobian, losses = self._prepare(jacobian, losses)
+        weights, jacobian, finite = self._weigh(jacobian, losses)
         direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
         return tf.where(finite, direction, tf.zeros_like(direction))
+
+    def compute_weights(self, jacobian, losses):
+        """Return K weights for a finite (K, P) Jacobian and update the state.
+
+        The default computes the float64 Gramian and calls `gramian_weights`.
+        """
+        return self.gramian_weights(gramian(jacobian))
+
+    def gramian_weights(self, gramian):
+        """Return K float64 weights from the float64 (K, K) Gramian `J J^T`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `gramian_weights(gramian)` "
+            "(or `compute_weights(jacobian, losses)`)."
+        )
+
+    def needs_jacobian(self):
+        """A boolean scalar: does the next step need the per-term gradients?
+
+        True by default. Methods that update their weights only every n steps
+        return False in between; `BalancedModel` then trains on
+        `sum_i w_i L_i` with the held weights (see `hold`) at the cost of Sum.
+        """
+        return tf.constant(True)
+
+    def hold(self):
+        """Advance `step` without new gradients and return the held weights."""
+        self.step.assign_add(1)
+        return self.term_weights.value
 
     @property
     def last_weights(self):
         """The weights of the latest `aggregate` call (a float32 variable)."""
         return self.term_weights
 
-    def gramian_weights(self, gramian):
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `gramian_weights(gramian)`."
-        )
-
     def call(self, jacobian):
         return self.aggregate(jacobian)
+
+
+def gramian(jacobian):
+    """The float64 K x K Gramian `J J^T` of a (K, P) Jacobian."""
+    jacobian = tf.cast(jacobian, tf.float64)
+    return tf.matmul(jacobian, jacobian, transpose_b=True)

@@ -1,0 +1,103 @@
+"""Learning-rate annealing: gradient statistics set the weights of the terms."""
+
+import keras
+import tensorflow as tf
+
+from keras_balance.balancers.base import GradientBalancer, check_range
+
+MODES = ("max", "mean")
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class LRAnnealing(GradientBalancer):
+    """Weights each term so its gradient matches the reference term's (LR annealing).
+
+    For every term i other than the reference term r (the PDE residual, term 0
+    by default), on update steps:
+
+        lambda_hat_i = max_theta |grad L_r| / mean_theta |grad L_i|
+        lambda_i <- smoothing * lambda_i + (1 - smoothing) * lambda_hat_i
+
+    and `lambda_r = 1`. The model is trained on `sum_i lambda_i L_i`: the
+    direction is `J^T lambda`, and the weights multiply every gradient of
+    their term (`weights_all_parameters = True`).
+
+    Reference: S. Wang, Y. Teng and P. Perdikaris, "Understanding and
+    mitigating gradient flow pathologies in physics-informed neural networks",
+    SIAM J. Sci. Comput. 43(5), 2021 (Algorithm 1, "learning rate
+    annealing"). The defaults are those of the authors' code: smoothing 0.9,
+    an update every 10 steps, the first one at step 0.
+
+    Conventions:
+
+    - `mode="max"` (default, the paper): `max |grad L_r|` in the numerator.
+      `mode="mean"`: `mean |grad L_r|`, the variant of NVIDIA Modulus and of
+      the ReLoBRaLo authors' repository.
+    - Between updates `BalancedModel` does not compute the per-term gradients:
+      `needs_jacobian()` is False and the step costs what a weighted sum
+      costs.
+    - A term whose gradient is exactly zero on an update step carries no
+      information; its weight is left unchanged.
+
+    Args:
+        smoothing: in [0, 1]. Weight of the previous lambda in the moving
+            average (0: the new estimate alone).
+        mode: `"max"` or `"mean"`, the statistic of the reference gradient.
+        update_every: positive int, steps between two updates.
+        reference: index of the reference term (weight fixed at 1).
+        num_terms, nan_policy, name: see `Balancer`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> balancer = LRAnnealing(smoothing=0.0)
+    >>> jacobian = np.array([[4.0, -2.0], [0.5, 0.5]])   # |g_0| max 4, |g_1| mean 0.5
+    >>> balancer.weigh(jacobian).numpy().tolist()
+    [1.0, 8.0]
+    """
+
+    summary = "Weights from max|grad L_r| / mean|grad L_i|, smoothed, every n steps (Wang, Teng & Perdikaris 2021)."
+    weights_all_parameters = True
+
+    def __init__(self, smoothing=0.9, mode="max", update_every=10, reference=0, num_terms=None,
+                 nan_policy="skip", name="lr_annealing", **kwargs):
+        self.smoothing = check_range("smoothing", smoothing, 0.0, 1.0)
+        if mode not in MODES:
+            raise ValueError(f"Argument `mode` must be one of {MODES}; received mode={mode!r}.")
+        self.mode = mode
+        for arg, value, low in (("update_every", update_every, 1), ("reference", reference, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "a positive integer" if low else "a non-negative integer"
+                raise ValueError(f"Argument `{arg}` must be {kind}; received {arg}={value!r}.")
+        self.update_every = update_every
+        self.reference = reference
+        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
+
+    def build_state(self, num_terms):
+        if self.reference >= num_terms:
+            raise ValueError(
+                f"Argument `reference` must index one of the {num_terms} terms; "
+                f"received reference={self.reference}."
+            )
+
+    def compute_weights(self, jacobian, losses):
+        magnitude = tf.abs(tf.cast(jacobian, tf.float64))
+        reference = magnitude[self.reference]
+        numerator = tf.reduce_max(reference) if self.mode == "max" else tf.reduce_mean(reference)
+        denominator = tf.reduce_mean(magnitude, axis=1)
+        previous = tf.cast(self.term_weights.value, tf.float64)
+        informative = denominator > 0.0
+        estimate = numerator / tf.where(informative, denominator, 1.0)
+        updated = self.smoothing * previous + (1.0 - self.smoothing) * estimate
+        updated = tf.where(informative, updated, previous)
+        is_reference = tf.range(self.num_terms) == self.reference
+        return tf.where(is_reference, tf.ones_like(updated), updated)
+
+    def needs_jacobian(self):
+        return tf.equal(self.step % self.update_every, 0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"smoothing": self.smoothing, "mode": self.mode,
+                       "update_every": self.update_every, "reference": self.reference})
+        return config
