@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_balance import balancers as balancers_lib
 from keras_balance import pde as pde_lib
 from keras_balance.callbacks import ExactErrorHistory, TrainingProgress
+from keras_balance.models import JACOBIAN_MODES
 from keras_balance.pinn import PINNModel, build_pinn
 
 # Embedded defaults of each problem: a 4 x 50 tanh MLP, Adam, full-batch
@@ -261,6 +262,90 @@ def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repea
     }
 
 
+#: The Helmholtz boundary option that gives K loss terms.
+HELMHOLTZ_TERMS = {2: "combined", 3: "per_axis", 5: "per_edge"}
+
+
+def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, repeats=5, seed=0,
+             jit_compile=True, verbose=0):
+    """Cost per training step of each balancer on Helmholtz, as a ratio to Sum.
+
+    For every K in `ks` the Helmholtz problem is set up with K terms (the
+    residual and 1, 2 or 4 boundary terms); every balancer (and, for
+    gradient-level ones, every mode of `jacobian_modes`) trains its own copy of
+    the same 4 x 50 PINN on the same 1024 + 256 points. All models are built,
+    compiled and warmed up first; the timed chunks of `steps` steps then run
+    interleaved, one per model per repeat, so drift of the machine affects all
+    alike. Sum is measured in the same run and each ratio is
+    `median(ms per step) / median(ms per step of Sum)`.
+
+    Returns:
+        A list of rows `{"K", "balancer", "kind", "jacobian_mode", "ms_per_step", "ratio"}`.
+    """
+    steps = _check_positive_int("steps", steps)
+    repeats = _check_positive_int("repeats", repeats)
+    names = list(balancers_lib.available()) if balancers is None else list(balancers)
+    for mode in jacobian_modes:
+        if mode not in JACOBIAN_MODES:
+            raise ValueError(f"Unknown jacobian mode {mode!r}; known: {JACOBIAN_MODES}.")
+    settings = DEFAULTS["helmholtz"]
+    rows = []
+    for k in ks:
+        if k not in HELMHOLTZ_TERMS:
+            raise ValueError(f"Argument `ks` must take values in {sorted(HELMHOLTZ_TERMS)}; received {k!r}.")
+        problem = pde_lib.HelmholtzPDE(boundary=HELMHOLTZ_TERMS[k])
+        points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
+        dataset = tf.data.Dataset.from_tensors(points).repeat()
+        configs = [("sum", balancers_lib.LOSS_LEVEL, None)]
+        for name in names:
+            kind = balancers_lib.available()[name.lower()].kind
+            if name == "sum":
+                continue
+            if kind == balancers_lib.GRADIENT_LEVEL:
+                configs.extend((name, kind, mode) for mode in jacobian_modes)
+            else:
+                configs.append((name, kind, None))
+        models = {}
+        for name, kind, mode in configs:
+            if verbose:
+                print(f"K={k}: building {name}{'' if mode is None else f' ({mode})'}", flush=True)
+            keras.utils.set_random_seed(seed)
+            model = PINNModel(problem, build_pinn(problem, seed=seed), balancer=_make_balancer(name, seed, None))
+            model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), jit_compile=jit_compile,
+                          jacobian_mode=mode)
+            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # trace + warm up
+            models[(name, kind, mode)] = model
+        samples = {key: [] for key in models}
+        for _ in range(repeats):
+            for key, model in models.items():
+                start = time.perf_counter()
+                model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+                samples[key].append(1000.0 * (time.perf_counter() - start) / steps)
+        base = float(np.median(samples[("sum", balancers_lib.LOSS_LEVEL, None)]))
+        for (name, kind, mode), values in samples.items():
+            median = float(np.median(values))
+            rows.append({"K": k, "balancer": name, "kind": kind, "jacobian_mode": mode,
+                         "ms_per_step": median, "ratio": median / base})
+        del models
+    return rows
+
+
+def overhead_table(rows):
+    """A Markdown table of `overhead` rows: one line per balancer, one column per K."""
+    ks = sorted({r["K"] for r in rows})
+    keys = list(dict.fromkeys((r["balancer"], r["kind"], r["jacobian_mode"]) for r in rows))
+    cells = {(r["balancer"], r["kind"], r["jacobian_mode"], r["K"]): r for r in rows}
+    head = "| balancer | kind | per-term gradients | " + " | ".join(f"K={k}: ratio (ms)" for k in ks) + " |"
+    lines = [head, "|---|---|---|" + "---|" * len(ks)]
+    for name, kind, mode in keys:
+        parts = []
+        for k in ks:
+            row = cells.get((name, kind, mode, k))
+            parts.append("" if row is None else f"{row['ratio']:.2f} ({row['ms_per_step']:.2f})")
+        lines.append(f"| {name} | {kind} | {mode or '-'} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def compare(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0,), verbose=0, **kwargs):
     """Train every balancer with every seed on the same budget; return the results."""
     results = []
@@ -291,4 +376,5 @@ def results_table(results):
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures", "step_times"]
+__all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures", "step_times",
+           "overhead", "overhead_table"]

@@ -91,6 +91,20 @@ def build_parser():
     speed.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per balancer (default 5)")
     speed.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
 
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    over = bench_sub.add_parser(
+        "overhead", help="step time of every balancer on Helmholtz with K = 2, 3, 5 terms, as a ratio to Sum"
+    )
+    over.add_argument("--ks", type=_int_list, default=[2, 3, 5], help="numbers of terms (from 2, 3, 5)")
+    over.add_argument("--balancers", default=None, help="comma-separated names (default: all)")
+    over.add_argument("--modes", default="loop",
+                      help="per-term gradient modes of gradient-level balancers: loop, vectorized, features")
+    over.add_argument("--steps", type=_positive_int, default=100, help="steps per timed chunk (default 100)")
+    over.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per model (default 5)")
+    over.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
+    over.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+
     sub.add_parser("list", help="list the balancers with their kind and a summary")
     return parser
 
@@ -204,6 +218,29 @@ def cmd_speed(args):
     return 0
 
 
+def cmd_bench(args):
+    from keras_balance import bench
+
+    names = None
+    if args.balancers:
+        names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+        for name in names:
+            _check_balancer(name)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    try:
+        rows = bench.overhead(ks=args.ks, balancers=names, jacobian_modes=modes, steps=args.steps,
+                              repeats=args.repeats, jit_compile=not args.no_jit, verbose=1)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: {error}") from None
+    print(f"Helmholtz, 4x50 PINN, 1024 + 256 points: median of {args.repeats} chunks of {args.steps} "
+          f"steps, ratio to Sum in the same run, {os.cpu_count()} CPU cores visible, "
+          f"XLA {'off' if args.no_jit else 'on'}")
+    print(bench.overhead_table(rows))
+    if args.json:
+        _write_json(args.json, rows)
+    return 0
+
+
 def cmd_list(args):
     from keras_balance import balancers
 
@@ -216,7 +253,8 @@ def cmd_list(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "list": cmd_list}
+    handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "bench": cmd_bench,
+                "list": cmd_list}
     return handlers[args.command](args)
 
 

@@ -11,6 +11,8 @@ from keras_balance.balancers.base import (
     LossBalancer,
 )
 from keras_balance.balancers.fixed import Sum
+from keras_balance.balancers.gradnorm import GradNorm
+from keras_balance.balancers.lr_annealing import LRAnnealing
 from keras_balance.balancers.means import GeneralizedMean
 from keras_balance.balancers.registry import available, deserialize, get, register, serialize
 from keras_balance.balancers.dwa import DWA
@@ -29,6 +31,8 @@ register("uncertainty", UncertaintyWeighting)
 register("softadapt", SoftAdapt)
 register("dwa", DWA)
 register("rlw", RLW)
+register("lr_annealing", LRAnnealing)
+register("gradnorm", GradNorm)
 
 __all__ = [
     "Balancer",
@@ -47,6 +51,8 @@ __all__ = [
     "SoftAdapt",
     "DWA",
     "RLW",
+    "LRAnnealing",
+    "GradNorm",
     "available",
     "get",
     "register",

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from keras_balance.pde.base import EDGES, PDE, check_number, sin
 
+BOUNDARY_OPTIONS = ("combined", "per_axis", "per_edge")
+
 
 class HelmholtzPDE(PDE):
     """Helmholtz equation on [-1, 1]^2 with zero Dirichlet boundary.
@@ -19,7 +21,9 @@ class HelmholtzPDE(PDE):
 
     Terms: `L_f`, the squared residual, and `L_b`, the squared boundary value
     (`boundary="per_edge"` gives one term per edge, `L_b_left`, `L_b_right`,
-    `L_b_bottom`, `L_b_top`, as the ReLoBRaLo authors' repository does).
+    `L_b_bottom`, `L_b_top`, as the ReLoBRaLo authors' repository does;
+    `boundary="per_axis"` gives `L_b_x` for the edges x = const. and `L_b_y`
+    for y = const., three terms in all).
 
     Reference: R. Bischof, "Improving PINNs through adaptive loss balancing",
     2023 (the article's benchmark; defaults k = 1, a1 = 1, a2 = 4).
@@ -27,7 +31,8 @@ class HelmholtzPDE(PDE):
     Args:
         k: wave number.
         a1, a2: frequencies of the exact solution in x and y.
-        boundary: `"combined"` (one boundary term) or `"per_edge"`.
+        boundary: `"combined"` (one boundary term), `"per_axis"` (two) or
+            `"per_edge"` (four).
     """
 
     derivatives = ("u", "u_xx", "u_yy")
@@ -35,14 +40,16 @@ class HelmholtzPDE(PDE):
 
     def __init__(self, k=1.0, a1=1.0, a2=4.0, boundary="combined"):
         k, a1, a2 = (check_number(n, v) for n, v in (("k", k), ("a1", a1), ("a2", a2)))
-        if boundary not in ("combined", "per_edge"):
+        if boundary not in BOUNDARY_OPTIONS:
             raise ValueError(
-                "Argument `boundary` must be 'combined' or 'per_edge'; "
+                f"Argument `boundary` must be one of {BOUNDARY_OPTIONS}; "
                 f"received boundary={boundary!r}."
             )
         self.k, self.a1, self.a2, self.boundary = float(k), float(a1), float(a2), boundary
         if boundary == "combined":
             self.term_names = ("L_f", "L_b")
+        elif boundary == "per_axis":
+            self.term_names = ("L_f", "L_b_x", "L_b_y")
         else:
             self.term_names = ("L_f",) + tuple(f"L_b_{edge}" for edge in EDGES)
 
@@ -60,6 +67,10 @@ class HelmholtzPDE(PDE):
         masks = self.boundary_masks(x, y)
         if self.boundary == "per_edge":
             return [tf.square(residual)] + [tf.square(masks[edge] * u) for edge in EDGES]
+        if self.boundary == "per_axis":
+            x_edges = tf.maximum(masks["left"], masks["right"])
+            y_edges = tf.maximum(masks["bottom"], masks["top"])
+            return [tf.square(residual), tf.square(x_edges * u), tf.square(y_edges * u)]
         on_boundary = tf.reduce_max(tf.stack(list(masks.values())), axis=0)
         return [tf.square(residual), tf.square(on_boundary * u)]
 

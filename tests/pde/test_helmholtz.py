@@ -274,3 +274,18 @@ def test_defaults_and_attributes():
 def test_bad_constructor_arguments(kwargs, name):
     with pytest.raises(ValueError, match=re.escape(f"`{name}`")):
         HelmholtzPDE(**kwargs)
+
+
+def test_per_axis_splits_the_boundary_into_x_and_y_edges():
+    pde = HelmholtzPDE(boundary="per_axis")
+    assert pde.term_names == ("L_f", "L_b_x", "L_b_y")
+    # left edge, bottom edge, a corner (on both axes' edges), an interior point
+    x = np.array([[-1.0], [0.2], [1.0], [0.0]])
+    y = np.array([[0.3], [-1.0], [1.0], [0.0]])
+    preds = np.array([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0], [5.0, 0.0, 0.0], [7.0, 0.0, 0.0]])
+    _, on_x, on_y = (t.numpy().ravel() for t in pde.compute_loss(x, y, preds))
+    np.testing.assert_allclose(on_x, [4.0, 0.0, 25.0, 0.0])
+    np.testing.assert_allclose(on_y, [0.0, 9.0, 25.0, 0.0])
+    per_edge = [t.numpy().ravel() for t in HelmholtzPDE(boundary="per_edge").compute_loss(x, y, preds)]
+    np.testing.assert_allclose(on_x, np.maximum(per_edge[1], per_edge[2]))
+    np.testing.assert_allclose(on_y, np.maximum(per_edge[3], per_edge[4]))
