@@ -451,9 +451,15 @@ class BalancedModel(keras.Model):
             else:
                 y_pred = self(x, training=True)
                 features = y_pred
-            terms = self.compute_loss_terms(x, y, y_pred, sample_weight, training=True)
-            terms = _as_term_vector(terms, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
-            term_list = tf.unstack(terms)  # sliced under the tape
+            raw = self.compute_loss_terms(x, y, y_pred, sample_weight, training=True)
+            terms = _as_term_vector(raw, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
+            # Differentiate the terms as returned: slicing a stacked vector
+            # would connect every term to every variable (with zero
+            # gradients), hiding which parameters a term really touches.
+            if isinstance(raw, (list, tuple)):
+                term_list = [tf.reshape(tf.cast(t, "float32"), ()) for t in raw]
+            else:
+                term_list = tf.unstack(terms)
             variables = self.trainable_variables
             regularization = self._regularization_loss()
             if not per_term:
@@ -467,7 +473,7 @@ class BalancedModel(keras.Model):
                 grads, weights = self._feature_gradients(tape, term_list, losses, features, variables)
             else:
                 grads, weights = self._parameter_gradients(
-                    tape, terms if mode == "vectorized" else term_list, losses, variables
+                    tape, term_list, terms, losses, variables, mode == "vectorized"
                 )
             if self.losses:
                 extra = tape.gradient(regularization, variables)
@@ -483,8 +489,9 @@ class BalancedModel(keras.Model):
     def _weighted_gradients(self, tape, term_list, weights, variables):
         """Gradients of `sum_i w_i L_i` with the weights held constant (one backward pass)."""
         weights = tf.stop_gradient(tf.cast(weights, "float32"))
-        total = tf.add_n([weights[i] * term for i, term in enumerate(term_list)])
-        return tape.gradient(total, variables)
+        # The tape has stopped recording: weight the terms' gradients through
+        # `output_gradients` rather than by forming the weighted sum.
+        return tape.gradient(term_list, variables, output_gradients=tf.unstack(weights))
 
     def _scope_variables(self, variables, touched):
         """The variables the balancer's Jacobian covers: all shared ones, or one layer's kernel."""
@@ -507,17 +514,20 @@ class BalancedModel(keras.Model):
             raise ValueError("No kernel (a variable of rank >= 2) is shared by every loss term.")
         return kernels[-1:]
 
-    def _parameter_gradients(self, tape, term_list, losses, variables):
+    def _parameter_gradients(self, tape, term_list, terms, losses, variables, vectorized):
         """Per-term gradients with respect to the parameters -> the balancer's direction.
 
-        `term_list` is a list of K scalars (one `tape.gradient` each) or the
-        (K,) tensor of terms recorded by the tape (one vectorized `tape.jacobian`).
+        One `tape.gradient` per term of `term_list`, or (`vectorized`) one
+        `tape.jacobian` of the (K,) tensor `terms` recorded by the tape.
         """
-        if not isinstance(term_list, list):
-            jacobians = tape.jacobian(term_list, variables, experimental_use_pfor=True)
-            term_list = [None] * self.num_terms
+        if vectorized:
+            # Which term touches which variable is static: unused gradients are
+            # pruned from the compiled step.
+            connected = [[g is not None for g in tape.gradient(t, variables)] for t in term_list]
+            jacobians = tape.jacobian(terms, variables, experimental_use_pfor=True)
             per_term = [
-                [None if j is None else j[i] for j in jacobians] for i in range(self.num_terms)
+                [None if j is None or not connected[i][v] else j[i] for v, j in enumerate(jacobians)]
+                for i in range(len(term_list))
             ]
         else:
             per_term = [tape.gradient(term, variables) for term in term_list]
@@ -568,7 +578,7 @@ class BalancedModel(keras.Model):
             ]
             trunk = tape.gradient(flat, variables, output_gradients=[tf.cast(c, f.dtype) for c, f in zip(combined, flat)])
             # Heads (after the representation): the plain sum of their terms' gradients.
-            heads = tape.gradient(tf.add_n(term_list), variables)
+            heads = tape.gradient(term_list, variables)  # the sum of the terms' gradients
             grads = [t if t is not None else h for t, h in zip(trunk, heads)]
         return self._zeros_for_none(grads, variables), weights
 

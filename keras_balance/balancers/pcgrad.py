@@ -88,8 +88,11 @@ class PCGrad(GradientBalancer):
     def orders(self, num_terms):
         """The K visiting orders of this step: row i is a random permutation of 0..K-1.
 
-        Term i skips itself when it visits its row.
+        Term i skips itself when it visits its row. Calling this does not
+        advance the balancer; the next `aggregate` uses these orders.
         """
+        if not self.built:
+            self.build_for(num_terms)
         noise = tf.random.stateless_uniform(
             (num_terms, num_terms), seed=tf.stack([self.order_seed.value, self.step.value])
         )

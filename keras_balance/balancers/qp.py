@@ -50,7 +50,7 @@ import tensorflow as tf
 
 #: Largest number of terms solved by enumerating the 2^K active sets; above
 #: it the active-set iteration is used.
-MAX_ENUMERATION_TERMS = 10
+MAX_ENUMERATION_TERMS = 6
 
 # A candidate of the enumeration is a KKT point when its scaled residuals are
 # below this; pseudo-inverse eigenvalues below `_RCOND * largest` are dropped.

@@ -1,0 +1,213 @@
+"""BalancedModel with gradient-level balancers: the per-term gradients and the update.
+
+The checks recompute the per-term gradients with a separate GradientTape and
+combine them in NumPy, independently of `BalancedModel`'s code.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_balance import BalancedModel
+from keras_balance.balancers import GradientBalancer, GradNorm, LRAnnealing
+
+
+class FixedWeights(GradientBalancer):
+    """A test aggregator: constant weights, so the expected update is known."""
+
+    def __init__(self, weights=(2.0, 3.0), **kwargs):
+        self.fixed = tuple(float(w) for w in weights)
+        super().__init__(**kwargs)
+
+    def gramian_weights(self, gramian):
+        return tf.constant(self.fixed, tf.float64)
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.fixed}
+
+
+class ScaledFixedWeights(FixedWeights):
+    weights_all_parameters = True
+
+
+def two_head_model(balancer, seed=0):
+    """A shared trunk and two heads; one term per head."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(8, activation="tanh", name="trunk_1")(inputs)
+    h = keras.layers.Dense(6, activation="tanh", name="trunk_2")(h)
+    a = keras.layers.Dense(1, name="head_a")(h)
+    b = keras.layers.Dense(1, name="head_b")(h)
+    return BalancedModel(inputs, {"a": a, "b": b}, balancer=balancer)
+
+
+def data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    return x, {"a": np.sin(x[:, :1]).astype("float32"), "b": (3.0 * x[:, 1:2] ** 2).astype("float32")}
+
+
+def per_term_gradients(model, x, y):
+    """Per-term gradients of the mse of each head, keyed by variable path."""
+    grads = []
+    for key in ("a", "b"):
+        with tf.GradientTape() as tape:
+            pred = model(x)[key]
+            loss = tf.reduce_mean(tf.square(pred - y[key]))
+        g = tape.gradient(loss, model.trainable_variables)
+        grads.append({v.path: (None if gi is None else gi.numpy()) for v, gi in zip(model.trainable_variables, g)})
+    return grads
+
+
+def one_sgd_step(model, x, y, **compile_kwargs):
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", **compile_kwargs)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    return {path: before[path] - v.numpy() for path, v in ((v.path, v) for v in model.trainable_variables)}
+
+
+@pytest.mark.parametrize("mode", ["loop", "vectorized"])
+@pytest.mark.parametrize("cls, head_scaled", [(FixedWeights, False), (ScaledFixedWeights, True)])
+def test_update_is_the_combination_of_per_term_gradients(mode, cls, head_scaled):
+    x, y = data()
+    model = two_head_model(cls((2.0, 3.0)))
+    model(x)
+    expected_grads = per_term_gradients(model, x, y)
+    update = one_sgd_step(model, x, y, jacobian_mode=mode)
+    for path, step in update.items():
+        ga, gb = expected_grads[0][path], expected_grads[1][path]
+        if ga is not None and gb is not None:  # shared trunk: J^T w
+            expected = 2.0 * ga + 3.0 * gb
+        elif ga is not None:  # head a: plain gradient, or weighted for loss-weighting methods
+            expected = (2.0 if head_scaled else 1.0) * ga
+        else:
+            expected = (3.0 if head_scaled else 1.0) * gb
+        np.testing.assert_allclose(step, expected, rtol=2e-4, atol=1e-6, err_msg=path)
+
+
+def test_features_mode_combines_the_representation_gradient():
+    x, y = data()
+    model = two_head_model(FixedWeights((2.0, 3.0)))
+    model(x)
+    expected_grads = per_term_gradients(model, x, y)
+    update = one_sgd_step(model, x, y, jacobian_mode="features", feature_layer="trunk_2")
+    for path, step in update.items():
+        ga, gb = expected_grads[0][path], expected_grads[1][path]
+        if ga is not None and gb is not None:
+            # Trunk: the backward pass of sum_i w_i dL_i/dh equals sum_i w_i g_i.
+            expected = 2.0 * ga + 3.0 * gb
+        else:
+            expected = ga if ga is not None else gb
+        np.testing.assert_allclose(step, expected, rtol=2e-4, atol=1e-6, err_msg=path)
+
+
+def test_features_mode_weights_come_from_the_representation():
+    """With MGDA-like weights computed from the feature Jacobian, not the parameters'."""
+
+    class FirstRowNorm(GradientBalancer):
+        def gramian_weights(self, gramian):
+            # Records the Gramian it saw through the weights: w = (G_00, G_11).
+            return tf.stack([gramian[0, 0], gramian[1, 1]])
+
+    x, y = data()
+    model = two_head_model(FirstRowNorm())
+    model(x)
+    features = keras.Model(model.inputs, model.get_layer("trunk_2").output)
+    with tf.GradientTape(persistent=True) as tape:
+        h = features(x)
+        tape.watch(h)
+        la = tf.reduce_mean(tf.square(model.get_layer("head_a")(h) - y["a"]))
+        lb = tf.reduce_mean(tf.square(model.get_layer("head_b")(h) - y["b"]))
+    expected = [float(tf.reduce_sum(tf.square(tape.gradient(t, h)))) for t in (la, lb)]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", jacobian_mode="features",
+                  feature_layer="trunk_2")
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    np.testing.assert_allclose([history.history["w_a"][0], history.history["w_b"][0]], expected, rtol=1e-4)
+
+
+def test_modes_agree_under_xla():
+    x, y = data()
+    results = {}
+    for mode in ("loop", "vectorized"):
+        model = two_head_model(LRAnnealing(update_every=2))
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jacobian_mode=mode, jit_compile=True)
+        history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+        results[mode] = (history.history["w_b"], [v.numpy() for v in model.trainable_variables])
+    np.testing.assert_allclose(results["loop"][0], results["vectorized"][0], rtol=1e-4)
+    for a, b in zip(results["loop"][1], results["vectorized"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lr_annealing_updates_only_every_n_steps():
+    x, y = data(n=32)
+    model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    weights = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            weights.append(float(model.balancer.term_weights.numpy()[1]))
+
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
+    assert len(weights) == 8
+    changes = [i for i in range(1, 8) if weights[i] != weights[i - 1]]
+    assert changes == [3, 6]
+    assert weights[0] != 1.0  # step 0 is an update step
+    assert int(model.balancer.step.numpy()) == 8
+
+
+def test_gradnorm_uses_the_last_shared_kernel_and_survives_saving(tmp_path):
+    x, y = data()
+    model = two_head_model(GradNorm(alpha=1.5, learning_rate=0.1, optimizer="sgd"))
+    model(x)
+    kernel = model.get_layer("trunk_2").kernel
+    norms = []
+    for key in ("a", "b"):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x)[key] - y[key]))
+        norms.append(float(tf.norm(tape.gradient(loss, kernel))))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    # One SGD step of w from w = 1 at equal training rates (r = 1).
+    n = np.array(norms)
+    g = np.sign(n - n.mean()) * n
+    w = np.maximum(1.0 - 0.1 * g, 1e-3)
+    np.testing.assert_allclose(model.balancer.task_weights.numpy(), 2.0 * w / w.sum(), rtol=1e-4)
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    path = tmp_path / "gradnorm.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.balancer, GradNorm)
+    for a, b in zip(model.balancer.variables, restored.balancer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert restored.jacobian_mode == "loop"
+
+
+def test_gradnorm_named_layer_must_be_shared():
+    x, y = data()
+    model = two_head_model(GradNorm(layer="head_a"))
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="head_a"):
+        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+
+
+def test_bad_jacobian_mode_and_feature_layer():
+    model = two_head_model(FixedWeights())
+    with pytest.raises(ValueError, match="jacobian_mode.*'loop'"):
+        model.compile(optimizer="adam", loss="mse", jacobian_mode="pfor")
+    with pytest.raises(ValueError, match="nope"):
+        model.compile(optimizer="adam", loss="mse", jacobian_mode="features", feature_layer="nope")
+
+
+def test_validation_uses_the_latest_weights_without_advancing():
+    x, y = data()
+    model = two_head_model(FixedWeights((2.0, 3.0)))
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    step = int(model.balancer.step.numpy())
+    result = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    assert int(model.balancer.step.numpy()) == step
+    np.testing.assert_allclose(result["loss"], 2.0 * result["a"] + 3.0 * result["b"], rtol=1e-5)
