@@ -10,7 +10,12 @@ from keras_balance.balancers.base import (
     GradientBalancer,
     LossBalancer,
 )
+from keras_balance.balancers.aligned_mtl import AlignedMTL
+from keras_balance.balancers.cagrad import CAGrad
 from keras_balance.balancers.fixed import Sum
+from keras_balance.balancers.gradient_normalization import GradientNormalization
+from keras_balance.balancers.imtl import IMTLG
+from keras_balance.balancers.pcgrad import PCGrad
 from keras_balance.balancers.gradnorm import GradNorm
 from keras_balance.balancers.lr_annealing import LRAnnealing
 from keras_balance.balancers.means import GeneralizedMean
@@ -33,6 +38,11 @@ register("dwa", DWA)
 register("rlw", RLW)
 register("lr_annealing", LRAnnealing)
 register("gradnorm", GradNorm)
+register("gradient_normalization", GradientNormalization)
+register("pcgrad", PCGrad)
+register("imtl_g", IMTLG)
+register("cagrad", CAGrad)
+register("aligned_mtl", AlignedMTL)
 
 __all__ = [
     "Balancer",
@@ -53,6 +63,11 @@ __all__ = [
     "RLW",
     "LRAnnealing",
     "GradNorm",
+    "GradientNormalization",
+    "PCGrad",
+    "IMTLG",
+    "CAGrad",
+    "AlignedMTL",
     "available",
     "get",
     "register",

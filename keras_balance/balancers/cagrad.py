@@ -20,31 +20,30 @@ ZERO_NORM = 1e-10
 CANCELLATION = 1e-6
 
 
-def _dtype_constant(value, dtype):
-    return tf.constant(value, dtype)
-
-
 def cagrad_inner_weights(gramian, c):
     """Solve `min_{w in simplex} w^T G b + c sqrt(b^T G b) sqrt(w^T G w)` with `b = 1/K`.
 
     `gramian` is a float64 (K, K) Gramian normalized to a largest diagonal of 1
-    (or all zero) and `c` a float64 scalar. Returns `(w, sqrt_phi, norm_gw)`.
+    (or all zero) and `c` a float64 scalar. Returns `(w, sqrt_phi, norm_gw)`,
+    with `norm_gw` set to 0 when `g_w` is zero to within the precision of the
+    Gramian.
 
     A primal log-barrier method: damped Newton steps on
     `F(w) - mu sum_i log w_i` under `sum_i w_i = 1`, in the scaled variables
     `dw_i = w_i dz_i` (so the barrier's Hessian is `mu I`) and in the
-    subspace of the constraint, with `mu` decreasing geometrically. Each step picks the best of a fixed set of step lengths that
-    keep `w > 0`. A fixed number of steps, so it runs under `jit_compile=True`.
+    subspace of the constraint, with `mu` decreasing geometrically. Each step
+    keeps the best of a fixed set of step lengths that keep `w > 0`. The
+    number of steps is fixed, so it runs under `jit_compile=True`.
     """
     num_terms = gramian.shape[0]
     dtype = gramian.dtype
-    one = _dtype_constant(1.0, dtype)
-    zero = _dtype_constant(0.0, dtype)
-    uniform = tf.fill([num_terms], _dtype_constant(1.0 / num_terms, dtype))
+    one = tf.constant(1.0, dtype)
+    zero = tf.constant(0.0, dtype)
+    uniform = tf.fill([num_terms], tf.constant(1.0 / num_terms, dtype))
     linear = tf.linalg.matvec(gramian, uniform)  # J g0 in the Gramian's units
     sqrt_phi = c * tf.sqrt(tf.maximum(tf.reduce_sum(linear * uniform), zero))
     lengths = tf.concat([0.5 ** tf.range(LINE_SEARCH, dtype=dtype), tf.zeros([1], dtype)], 0)
-    tiny = _dtype_constant(1e-300, dtype)
+    tiny = tf.constant(1e-300, dtype)
     if num_terms == 1:
         norm = tf.sqrt(tf.maximum(gramian[0, 0], zero))
         return uniform, sqrt_phi, norm
@@ -60,7 +59,7 @@ def cagrad_inner_weights(gramian, c):
         )
 
     def newton_step(step, w):
-        mu = tf.pow(_dtype_constant(10.0, dtype), -BARRIER_DECADES * tf.cast(step, dtype) / NEWTON_STEPS)
+        mu = tf.pow(tf.constant(10.0, dtype), -BARRIER_DECADES * tf.cast(step, dtype) / NEWTON_STEPS)
         gw = tf.linalg.matvec(gramian, w)
         norm = tf.sqrt(tf.maximum(tf.reduce_sum(gw * w), zero) + mu * mu)
         gradient = linear + sqrt_phi * gw / norm - mu / w
@@ -71,7 +70,9 @@ def cagrad_inner_weights(gramian, c):
         # axis), so the near-null direction of the barrier never enters a solve.
         unit = w / tf.norm(w)
         reflector = unit + tf.one_hot(0, num_terms, dtype=dtype)
-        householder = tf.eye(num_terms, dtype=dtype) - 2.0 * reflector[:, None] * reflector[None, :] / tf.reduce_sum(reflector * reflector)
+        householder = tf.eye(num_terms, dtype=dtype) - 2.0 * (
+            reflector[:, None] * reflector[None, :] / tf.reduce_sum(reflector * reflector)
+        )
         basis = householder[:, 1:]
         scaled = w[:, None] * hessian * w[None, :]
         reduced = tf.matmul(basis, tf.matmul(scaled, basis), transpose_a=True)
@@ -122,11 +123,11 @@ class CAGrad(GradientBalancer):
     moves further from it, towards the update that maximizes
     `min_i g_i . d`.
 
-    The inner problem is K-dimensional and convex; it is solved on the
-    Gramian `G = J J^T` (normalized to a largest diagonal of 1) by a primal
-    interior-point method with a fixed number (60) of damped Newton steps,
-    which runs under `tf.function` and `jit_compile=True` and is accurate to
-    about 1e-7 relative on the direction.
+    The inner problem is K-dimensional and convex; it is solved in float64 on
+    the Gramian `G = J J^T` (normalized to a largest diagonal of 1) by a
+    primal interior-point method with a fixed number (80) of damped Newton
+    steps, which runs under `tf.function` and `jit_compile=True` and is
+    accurate to about 1e-8 relative on the direction.
 
     Conventions:
 
@@ -136,10 +137,13 @@ class CAGrad(GradientBalancer):
       options of the authors' code (their NYUv2 and Cityscapes runs use 1, as
       does LibMTL by default). With `rescale=2` identical rows `g` give
       exactly `d = g`; with `rescale=0` they give `(1 + c) g`.
-    - When `||g_w*||` is zero (the mean gradient's worst-case improvement
-      cannot be helped: zero lies in the convex hull of the gradients in the
-      relevant way), the direction is the mean gradient `g0 / s`, the limit
-      of the authors' code. TorchJD returns zero there instead.
+    - When `g_w* = 0` (possible only when zero is in the convex hull of the
+      gradients: a Pareto-stationary point, or a zero gradient), the
+      correction is undefined and the direction is the mean gradient
+      `g0 / s`, the limit of the authors' code. TorchJD returns zero there,
+      which would stop every term as soon as one gradient vanishes. `g_w`
+      counts as zero below 1e-10 of the largest gradient norm, or when the
+      rows cancel to within the precision of the Gramian.
 
     Reference: B. Liu, X. Liu, X. Jin, P. Stone and Q. Liu, "Conflict-Averse
     Gradient Descent for Multi-task Learning", NeurIPS 2021 (Algorithm 1).

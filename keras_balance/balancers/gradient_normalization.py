@@ -15,15 +15,18 @@ class GradientNormalization(GradientBalancer):
     Every term contributes a gradient of the same length, whatever the scale
     of its loss:
 
-        d = sum_i s * r_i^alpha * g_i / (||g_i|| + eps)
+        d = sum_i s * r_i^alpha * g_i / (||g_i|| + eps * max_j ||g_j||)
 
     which is the gradient of `sum_i L_i / ||grad L_i||` with the norms held
-    constant. The two options:
+    constant. The guard `eps` is relative to the largest gradient norm, so
+    the direction does not depend on a common scale of the gradients (an
+    absolute guard would: gradients of norm 1e-10 against eps = 1e-12 are off
+    by 1%); a zero gradient gets weight 0. The two options:
 
     - `scale="mean_norm"` sets `s = mean_j ||g_j||`, so the step keeps the
       size of a typical gradient (identical rows `g` give `K g`, as the plain
-      sum does). `scale="none"` (default): `s = 1`, the formula above as
-      published; identical rows `g` give `K g / ||g||`.
+      sum does). `scale="none"` (default): `s = 1`, the published form;
+      identical rows `g` give `K g / ||g||`.
     - `alpha` (default None: off) multiplies each term by `r_i^alpha`, the
       relative inverse training rate of GradNorm:
       `L~_i = L_i / L_i(0)`, `r_i = L~_i / mean_j L~_j`, so a term that has
@@ -35,8 +38,7 @@ class GradientNormalization(GradientBalancer):
     The weights multiply every gradient of their term
     (`weights_all_parameters = True`), as the loss `sum_i L_i / ||grad L_i||`
     would; the norms are those of the Jacobian the balancer receives (in
-    `BalancedModel`, the parameters every term shares). A zero gradient
-    contributes nothing.
+    `BalancedModel`, the parameters every term shares).
 
     References: the sum of normalized gradients is discussed by J. Su,
     "Multi-task learning (1): in the name of the loss" (kexue.fm, 2022), as
@@ -49,7 +51,9 @@ class GradientNormalization(GradientBalancer):
         scale: `"none"` (default) or `"mean_norm"` (keep the step size).
         alpha: None (default) or a number >= 0, the exponent of the training
             rates. When set, `aggregate` and `weigh` need the losses.
-        epsilon: >= 0. Guard added to every norm.
+        epsilon: >= 0. Guard added to every norm, relative to the largest
+            norm: a gradient more than 1/epsilon times smaller than the
+            largest one is not blown up to unit length.
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:
@@ -61,7 +65,7 @@ class GradientNormalization(GradientBalancer):
     [0.6, 1.8]
     """
 
-    summary = "Sum of the unit gradients, optionally times mean norm and r_i^alpha (Su 2022; Chen et al. 2018)."
+    summary = "Sum of unit gradients, optionally times mean norm and r_i^alpha (Su 2022; Chen et al. 2018)."
     weights_all_parameters = True
 
     def __init__(self, scale="none", alpha=None, epsilon=1e-12, num_terms=None, nan_policy="skip",
@@ -69,7 +73,9 @@ class GradientNormalization(GradientBalancer):
         if scale not in SCALES:
             raise ValueError(f"Argument `scale` must be one of {SCALES}; received scale={scale!r}.")
         self.scale = scale
-        self.alpha = None if alpha is None else check_range("alpha", alpha, 0.0, float("inf"), high_open=True)
+        if alpha is not None:
+            alpha = check_range("alpha", alpha, 0.0, float("inf"), high_open=True)
+        self.alpha = alpha
         self.epsilon = check_range("epsilon", epsilon, 0.0, float("inf"), high_open=True)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 
@@ -80,12 +86,12 @@ class GradientNormalization(GradientBalancer):
             )
 
     def compute_weights(self, jacobian, losses):
-        largest = jacobian.dtype.max  # weights must stay finite in the Jacobian's dtype
+        dtype_max = jacobian.dtype.max  # the weights must stay finite in the Jacobian's dtype
         jacobian = tf.cast(jacobian, tf.float64)
         norms = tf.sqrt(tf.reduce_sum(tf.square(jacobian), axis=1))
-        weights = 1.0 / (norms + self.epsilon)
-        # A zero row with epsilon = 0: nothing to normalize, weight 0.
-        weights = tf.where(norms + self.epsilon > 0.0, weights, 0.0)
+        guarded = norms + self.epsilon * tf.reduce_max(norms)
+        # A zero row (with epsilon = 0, or all rows zero): nothing to normalize, weight 0.
+        weights = tf.where(guarded > 0.0, 1.0 / tf.where(guarded > 0.0, guarded, 1.0), 0.0)
         if self.scale == "mean_norm":
             weights = weights * tf.reduce_mean(norms)
         if self.alpha is not None:
@@ -103,7 +109,7 @@ class GradientNormalization(GradientBalancer):
             mean_ratio = tf.reduce_mean(ratios)
             rates = tf.maximum(ratios / tf.where(mean_ratio > 0.0, mean_ratio, 1.0), 0.0)
             weights = weights * tf.pow(rates, self.alpha)
-        return tf.minimum(weights, largest)
+        return tf.minimum(weights, dtype_max)
 
     def get_config(self):
         config = super().get_config()

@@ -7,8 +7,9 @@ from keras_balance.balancers.base import GradientBalancer
 
 # Eigenvalues of the cosine matrix below this fraction of the largest count as zero.
 RANK_TOLERANCE = 1e-10
-# A weight sum below this (in units where the largest gradient norm is 1) means
-# no combination with weights summing to one has equal projections.
+# With norms relative to the largest one, |sum_i beta_i / n_i| below
+# SUM_TOLERANCE * max(sum_i |beta_i / n_i|, 1) means that no combination with
+# weights summing to one has equal projections: the weights are then zero.
 SUM_TOLERANCE = 1e-12
 
 
@@ -73,28 +74,30 @@ class IMTLG(GradientBalancer):
 
     def gramian_weights(self, gramian):
         num_terms = gramian.shape[0]
-        zero = tf.zeros((), gramian.dtype)
-        squared = tf.maximum(tf.linalg.diag_part(gramian), zero)
-        # Norms relative to the largest one (1 when all rows are zero).
-        largest = tf.reduce_max(squared)
-        squared = squared / tf.where(largest > 0.0, largest, tf.ones_like(largest))
-        norms = tf.sqrt(squared)
+        dtype = gramian.dtype
+        zero = tf.zeros((), dtype)
+        # Norms relative to the largest one (the weights do not depend on it).
+        largest = tf.reduce_max(tf.linalg.diag_part(gramian))
+        gramian = gramian / tf.where(largest > 0.0, largest, tf.ones_like(largest))
+        norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), zero))
         nonzero = norms > 0.0
         safe_norms = tf.where(nonzero, norms, tf.ones_like(norms))
-        scaled = gramian / tf.where(largest > 0.0, largest, tf.ones_like(largest))
-        cosines = scaled / (safe_norms[:, None] * safe_norms[None, :])
-        mask = tf.logical_and(nonzero[:, None], nonzero[None, :])
-        cosines = tf.where(mask, cosines, zero)
-        cosines = tf.linalg.set_diag(cosines, tf.cast(nonzero, gramian.dtype))
+
+        # The cosine matrix C of the non-zero rows (zero rows and columns elsewhere).
+        cosines = gramian / (safe_norms[:, None] * safe_norms[None, :])
+        cosines = tf.where(tf.logical_and(nonzero[:, None], nonzero[None, :]), cosines, zero)
+        cosines = tf.linalg.set_diag(cosines, tf.cast(nonzero, dtype))
         cosines = 0.5 * (cosines + tf.transpose(cosines))
 
         # beta = C^+ 1 through the eigendecomposition of C (rank-revealing).
         values, vectors = tf.linalg.eigh(cosines)
         keep = values > RANK_TOLERANCE * tf.reduce_max(values)
         inverse = tf.where(keep, 1.0 / tf.where(keep, values, tf.ones_like(values)), zero)
-        beta = tf.linalg.matvec(vectors, inverse * tf.linalg.matvec(vectors, tf.ones([num_terms], gramian.dtype), transpose_a=True))
+        coordinates = tf.linalg.matvec(vectors, tf.ones([num_terms], dtype), transpose_a=True)
+        beta = tf.linalg.matvec(vectors, inverse * coordinates)
         beta = tf.where(nonzero, beta, zero)
 
+        # alpha_i proportional to beta_i / n_i, summing to one.
         raw = beta / safe_norms
         total = tf.reduce_sum(raw)
         valid = tf.abs(total) > SUM_TOLERANCE * tf.maximum(tf.reduce_sum(tf.abs(raw)), 1.0)

@@ -1,0 +1,257 @@
+"""Tests of `keras_balance.balancers.aligned_mtl.AlignedMTL` against an independent reference.
+
+The reference uses the singular value decomposition of J itself (the package
+works on the eigendecomposition of the Gramian), in float64:
+
+    J = U S W^T (rank r: singular values above sqrt(K * 1.19e-7) * s_max)
+    B = s_min U_r S_r^{-1} U_r^T,  weights = B p,  d = J^T B p
+
+so that B J = s_min U_r W_r^T has r singular values, all equal to s_min
+(Senushkin et al., CVPR 2023, Algorithm 1).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_balance.balancers as kb
+from keras_balance.balancers.aligned_mtl import AlignedMTL
+
+# -- independent reference ------------------------------------------------------------
+
+
+def ref_aligned(jacobian, preference=None, scale="min"):
+    jacobian = np.asarray(jacobian, dtype=np.float64)
+    k = len(jacobian)
+    p = np.full(k, 1.0 / k) if preference is None else np.asarray(preference, dtype=np.float64)
+    u, s, _ = np.linalg.svd(jacobian, full_matrices=False)
+    if s.size == 0 or s[0] == 0.0:
+        return p
+    # Eigenvalues of G are s^2; the tolerance applies to them.
+    keep = s**2 > k * np.finfo(np.float32).eps * s[0] ** 2
+    u, s = u[:, keep], s[keep]
+    if scale == "min":
+        target = s.min()
+    elif scale == "rmse":
+        target = np.sqrt(np.mean(s**2))
+    else:
+        target = np.sort(s)[(len(s) - 1) // 2]  # lower median
+    balance = target * u @ np.diag(1.0 / s) @ u.T
+    return balance @ p
+
+
+def full_rank(k, p, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(k, p)) * rng.uniform(0.2, 5.0, size=(k, 1))
+
+
+def aligned_rows(jacobian, **kwargs):
+    """The rows of B J, read off with one-hot preference vectors."""
+    k = len(jacobian)
+    rows = []
+    for i in range(k):
+        balancer = AlignedMTL(preference=np.eye(k)[i].tolist(), **kwargs)
+        rows.append(balancer.aggregate(jacobian).numpy())
+    return np.array(rows)
+
+
+# -- hand values and the reference -------------------------------------------------------
+
+
+def test_hand_example():
+    # Orthogonal rows of norms 3 and 1: B = diag(1/3, 1), weights = B (1/2, 1/2)
+    # = (1/6, 1/2), d = (0.5, 0.5): both components brought to the smaller norm.
+    jacobian = np.array([[3.0, 0.0], [0.0, 1.0]])
+    balancer = AlignedMTL()
+    np.testing.assert_allclose(balancer.aggregate(jacobian).numpy(), [0.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(balancer.term_weights.numpy(), [1 / 6, 1 / 2], rtol=1e-6)
+
+
+def test_published_example():
+    # The example of TorchJD's AlignedMTL documentation.
+    jacobian = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    np.testing.assert_allclose(AlignedMTL().aggregate(jacobian).numpy(), [0.2133, 0.9673, 0.9673], atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", ["min", "median", "rmse"])
+@pytest.mark.parametrize("k, p, rank", [(2, 3, 2), (3, 3, 3), (4, 9, 4), (5, 8, 3), (6, 6, 1), (10, 12, 7)])
+def test_matches_reference(scale, k, p, rank):
+    rng = np.random.default_rng(k * 10 + rank)
+    jacobian = rng.normal(size=(k, rank)) @ rng.normal(size=(rank, p))
+    preference = rng.uniform(0.0, 2.0, size=k)
+    for pref in (None, preference.tolist()):
+        weights = AlignedMTL(preference=pref, scale=scale).weigh(jacobian).numpy()
+        np.testing.assert_allclose(weights, ref_aligned(jacobian, pref, scale), rtol=1e-7, atol=1e-9)
+
+
+# -- the guarantee ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k, p", [(2, 2), (3, 7), (5, 5), (6, 20)])
+def test_aligned_components_are_orthogonal_and_equal(k, p):
+    jacobian = full_rank(k, p, seed=k + p)
+    rows = aligned_rows(jacobian)
+    s_min = np.linalg.svd(jacobian, compute_uv=False).min()
+    np.testing.assert_allclose(rows @ rows.T, s_min**2 * np.eye(k), atol=1e-9 * s_min**2)
+
+
+def test_rank_deficient_alignment_has_equal_singular_values():
+    rng = np.random.default_rng(1)
+    jacobian = rng.normal(size=(5, 2)) @ rng.normal(size=(2, 8))  # rank 2
+    rows = aligned_rows(jacobian)
+    singular = np.linalg.svd(rows, compute_uv=False)
+    s = np.linalg.svd(jacobian, compute_uv=False)
+    np.testing.assert_allclose(singular[:2], [s[1], s[1]], rtol=1e-8)
+    np.testing.assert_allclose(singular[2:], 0.0, atol=1e-9 * s[0])
+
+
+@pytest.mark.parametrize("scale", ["median", "rmse"])
+def test_other_scales_keep_equal_components(scale):
+    jacobian = full_rank(4, 6, seed=2)
+    rows = aligned_rows(jacobian, scale=scale)
+    singular = np.linalg.svd(rows, compute_uv=False)
+    np.testing.assert_allclose(singular, np.full(4, singular[0]), rtol=1e-8)
+    s = np.linalg.svd(jacobian, compute_uv=False)
+    target = np.sqrt(np.mean(s**2)) if scale == "rmse" else np.sort(s)[1]
+    np.testing.assert_allclose(singular[0], target, rtol=1e-8)
+
+
+# -- special rows ---------------------------------------------------------------------------
+
+
+def test_identical_rows():
+    g = np.array([1.0, -2.0, 0.5])
+    for k in (2, 4):
+        np.testing.assert_allclose(AlignedMTL().aggregate(np.tile(g, (k, 1))).numpy(), g, rtol=1e-9)
+        summed = AlignedMTL(preference=[1.0] * k).aggregate(np.tile(g, (k, 1))).numpy()
+        np.testing.assert_allclose(summed, k * g, rtol=1e-9)
+
+
+def test_zero_jacobian_uses_the_preference():
+    balancer = AlignedMTL(preference=[1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(balancer.aggregate(np.zeros((3, 4))).numpy(), np.zeros(4))
+    np.testing.assert_allclose(balancer.term_weights.numpy(), [1.0, 2.0, 3.0])
+
+
+# -- invariances --------------------------------------------------------------------------------
+
+
+def test_permutation_invariance():
+    jacobian = full_rank(5, 8, seed=3)
+    weights = AlignedMTL().weigh(jacobian).numpy()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        order = rng.permutation(5)
+        np.testing.assert_allclose(AlignedMTL().weigh(jacobian[order]).numpy(), weights[order], rtol=1e-8)
+
+
+def test_weights_do_not_depend_on_the_scale():
+    jacobian = full_rank(4, 6, seed=4)
+    weights = AlignedMTL().weigh(jacobian).numpy()
+    for scale in (1e-10, 1e10):
+        np.testing.assert_allclose(AlignedMTL().weigh(scale * jacobian).numpy(), weights, rtol=1e-8)
+
+
+def sample_matrices(p=12):
+    """All-zero, rank 1 .. full, and rows scaled from 1e-10 to 1e10."""
+    rng = np.random.default_rng(0)
+    out = [np.zeros((3, p))]
+    for k in (2, 3, 5, 10):
+        for rank in sorted({1, min(2, k), k}):
+            base = rng.normal(size=(k, rank)) @ rng.normal(size=(rank, p))
+            for scale in (1e-10, 1.0, 1e10):
+                out.append(scale * base)
+        mixed = rng.normal(size=(k, p)) * np.logspace(-10, 10, k)[:, None]
+        mixed[0] = 0.0
+        out.append(mixed)
+    return out
+
+
+def test_finite_for_zero_rank_deficient_and_scaled_rows():
+    for jacobian in sample_matrices():
+        for dtype in ("float32", "float64"):
+            direction = AlignedMTL().aggregate(jacobian.astype(dtype)).numpy()
+            assert direction.shape == (jacobian.shape[1],)
+            assert np.all(np.isfinite(direction)), jacobian
+
+
+# -- execution modes and dtypes ------------------------------------------------------------------
+
+
+# NumPy input is converted to float64 before any tracing, so its XLA case is float64's.
+MODES = [(jit, dtype) for jit in (None, False, True) for dtype in ("float32", "float64", "numpy")]
+MODES.remove((True, "numpy"))
+
+
+@pytest.mark.parametrize("jit_compile, dtype", MODES)
+def test_modes_and_dtypes(jit_compile, dtype):
+    jacobian = full_rank(3, 5, seed=5)
+    expected = ref_aligned(jacobian) @ jacobian
+    balancer = AlignedMTL()
+    call = balancer.aggregate
+    if jit_compile is not None:
+        call = tf.function(lambda j: balancer.aggregate(j), jit_compile=jit_compile)
+    value = jacobian if dtype == "numpy" else tf.constant(jacobian, dtype)
+    direction = call(value)
+    assert direction.dtype == (tf.float32 if dtype == "float32" else tf.float64)
+    tolerance = 1e-5 if dtype == "float32" else 1e-9
+    np.testing.assert_allclose(direction.numpy(), expected, rtol=tolerance, atol=tolerance)
+
+
+# -- NaN policy ------------------------------------------------------------------------------------
+
+
+def test_nan_gives_zero_direction_and_keeps_state():
+    balancer = AlignedMTL()
+    balancer.aggregate(full_rank(3, 4, seed=7))
+    before = [v.numpy().copy() for v in balancer.weights]
+    bad = full_rank(3, 4, seed=8)
+    bad[1, 3] = np.nan
+    np.testing.assert_array_equal(balancer.aggregate(bad).numpy(), np.zeros(4))
+    for old, var in zip(before, balancer.weights):
+        np.testing.assert_array_equal(var.numpy(), old)
+
+
+# -- configuration and arguments -------------------------------------------------------------------
+
+
+def test_config_round_trip():
+    original = AlignedMTL(
+        preference=[1.0, 0.5, 2.0], scale="rmse", rtol=1e-6, nan_policy="raise", name="my_aligned"
+    )
+    config = original.get_config()
+    assert config["preference"] == [1.0, 0.5, 2.0] and config["scale"] == "rmse" and config["rtol"] == 1e-6
+    assert config["num_terms"] == 3  # fixed by the preference
+    rebuilt = AlignedMTL.from_config(config)
+    assert type(rebuilt) is AlignedMTL and rebuilt.get_config() == config
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original))
+    assert type(again) is AlignedMTL and again.get_config() == config
+    assert kb.deserialize(kb.serialize(original)).get_config() == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"preference": [1.0, -1.0]}, "preference"),
+        ({"preference": [0.0, 0.0]}, "preference"),
+        ({"preference": [1.0, float("nan")]}, "preference"),
+        ({"preference": []}, "preference"),
+        ({"preference": [[1.0, 2.0]]}, "preference"),
+        ({"preference": ["a", "b"]}, "preference"),
+        ({"preference": [1.0, 2.0], "num_terms": 3}, "num_terms"),
+        ({"scale": "max"}, "scale"),
+        ({"rtol": -1e-3}, "rtol"),
+        ({"rtol": 1.0}, "rtol"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError) as info:
+        AlignedMTL(**kwargs)
+    assert name in str(info.value) and repr(kwargs[name]) in str(info.value)
+
+
+def test_preference_fixes_the_number_of_terms():
+    balancer = AlignedMTL(preference=[1.0, 1.0])
+    with pytest.raises(ValueError, match="built for 2 loss terms"):
+        balancer.aggregate(np.ones((3, 4)))
