@@ -15,6 +15,7 @@ from keras_balance.balancers.cagrad import CAGrad
 from keras_balance.balancers.fixed import Sum
 from keras_balance.balancers.gradient_normalization import GradientNormalization
 from keras_balance.balancers.imtl import IMTLG
+from keras_balance.balancers.mgda import MGDA
 from keras_balance.balancers.pcgrad import PCGrad
 from keras_balance.balancers.gradnorm import GradNorm
 from keras_balance.balancers.lr_annealing import LRAnnealing
@@ -25,6 +26,7 @@ from keras_balance.balancers.relobralo import ReLoBRaLo
 from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
 from keras_balance.balancers.softadapt import SoftAdapt
 from keras_balance.balancers.uncertainty import UncertaintyWeighting
+from keras_balance.balancers.upgrad import DualProj, UPGrad
 
 register("sum", Sum)
 register("relobralo", ReLoBRaLo)
@@ -43,6 +45,9 @@ register("pcgrad", PCGrad)
 register("imtl_g", IMTLG)
 register("cagrad", CAGrad)
 register("aligned_mtl", AlignedMTL)
+register("mgda", MGDA)
+register("upgrad", UPGrad)
+register("dualproj", DualProj)
 
 __all__ = [
     "Balancer",
@@ -68,6 +73,9 @@ __all__ = [
     "IMTLG",
     "CAGrad",
     "AlignedMTL",
+    "MGDA",
+    "UPGrad",
+    "DualProj",
     "available",
     "get",
     "register",

@@ -59,9 +59,9 @@ class MGDA(GradientBalancer):
     them. A norm or loss at or below 1e-30 counts as zero and that term is
     left unnormalized (n_i = 1).
 
-    The solver works on the Gramian divided by its trace, so the weights do
-    not depend on the scale of J; an all-zero Jacobian gives uniform weights
-    and a zero direction.
+    The solver works on the Gramian divided by its trace, so alpha* does not
+    depend on the scale of J; an all-zero Jacobian gives uniform weights and
+    a zero direction.
 
     Reference: O. Sener and V. Koltun, "Multi-Task Learning as Multi-Objective
     Optimization", NeurIPS 2018; J.-A. Desideri, "Multiple-gradient descent
@@ -105,7 +105,9 @@ class MGDA(GradientBalancer):
                 f"received normalization={normalization!r}."
             )
         if solver not in SOLVERS:
-            raise ValueError(f"Argument `solver` must be one of {SOLVERS}; received solver={solver!r}.")
+            raise ValueError(
+                f"Argument `solver` must be one of {SOLVERS}; received solver={solver!r}."
+            )
         if (
             isinstance(max_iterations, bool)
             or not isinstance(max_iterations, numbers.Integral)
@@ -142,7 +144,8 @@ class MGDA(GradientBalancer):
         """The weights `w` (on the original rows) from the Gramian and, if needed, the losses."""
         if self.needs_losses and losses is None:
             raise ValueError(
-                f"MGDA(normalization={self.normalization!r}) needs the losses; received losses=None."
+                f"MGDA(normalization={self.normalization!r}) needs the losses; "
+                "received losses=None."
             )
         gramian = tf.convert_to_tensor(gramian, tf.float64)
         scales = self._scales(gramian, losses)
