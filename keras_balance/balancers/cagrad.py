@@ -89,7 +89,7 @@ def cagrad_inner_weights(gramian, c):
         candidates = tf.maximum(candidates, tiny)
         values = barrier_objective(candidates, mu)
         values = tf.where(tf.math.is_finite(values), values, tf.fill(tf.shape(values), one / tiny))
-        best = candidates[tf.argmin(values)]
+        best = tf.gather(candidates, tf.argmin(values))
         return step + 1, best / tf.reduce_sum(best)
 
     _, w = tf.while_loop(
