@@ -380,9 +380,20 @@ class BalancedModel(keras.Model):
             f"the {self.num_terms or 'K'} scalar terms named by `term_names`."
         )
 
-    def _terms(self, x, y, sample_weight, training):
+    def forward_terms(self, x, y=None, sample_weight=None, training=True):
+        """Return `(y_pred, terms)`: the prediction and the K loss terms of a batch.
+
+        The default runs `y_pred = self(x)` and `compute_loss_terms`. A subclass
+        may override it to compute the terms from intermediate tensors rather
+        than from `y_pred` (a PINN takes them from its separate derivative
+        fields), so that each term's gradient follows only the graph it
+        depends on.
+        """
         y_pred = self(x, training=training)
-        terms = self.compute_loss_terms(x, y, y_pred, sample_weight, training=training)
+        return y_pred, self.compute_loss_terms(x, y, y_pred, sample_weight, training=training)
+
+    def _terms(self, x, y, sample_weight, training):
+        y_pred, terms = self.forward_terms(x, y, sample_weight, training=training)
         terms = _as_term_vector(terms, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
         return y_pred, terms
 
@@ -446,12 +457,15 @@ class BalancedModel(keras.Model):
         """Forward pass, then the gradients: combined by the balancer, or with held weights."""
         mode = self.jacobian_mode
         with tf.GradientTape(persistent=per_term) as tape:
-            if per_term and mode == "features" and self.feature_layer is not None:
-                features, y_pred = self._feature_model()(x, training=True)
+            if per_term and mode == "features":
+                # The terms must be computed from the representation.
+                if self.feature_layer is not None:
+                    features, y_pred = self._feature_model()(x, training=True)
+                else:
+                    y_pred = features = self(x, training=True)
+                raw = self.compute_loss_terms(x, y, y_pred, sample_weight, training=True)
             else:
-                y_pred = self(x, training=True)
-                features = y_pred
-            raw = self.compute_loss_terms(x, y, y_pred, sample_weight, training=True)
+                y_pred, raw = self.forward_terms(x, y, sample_weight, training=True)
             terms = _as_term_vector(raw, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
             # Differentiate the terms as returned: slicing a stacked vector
             # would connect every term to every variable (with zero

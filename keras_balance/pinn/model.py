@@ -75,7 +75,13 @@ class PINN(keras.Model):
         )
         return self.output_scale * self.network(scaled, training=training)
 
-    def call(self, inputs, training=False):
+    def fields(self, inputs, training=False):
+        """The field and its derivatives as a dict of (N, 1) tensors, by name.
+
+        Unlike the concatenated output of `call`, each entry depends only on
+        its own part of the graph: the gradient of a term that uses the field
+        alone (a boundary condition) does not pass through the derivatives.
+        """
         inputs = tf.convert_to_tensor(inputs)
         if inputs.shape.rank != 2 or inputs.shape[-1] != 2:
             raise ValueError(
@@ -85,7 +91,11 @@ class PINN(keras.Model):
         values = partial_derivatives(
             lambda a, b: self.field(a, b, training=training), x, y, self.orders
         )
-        return tf.concat([values[order] for order in self.orders], axis=1)
+        return {name: values[order] for name, order in zip(self.derivative_names, self.orders)}
+
+    def call(self, inputs, training=False):
+        fields = self.fields(inputs, training=training)
+        return tf.concat([fields[name] for name in self.derivative_names], axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.orders))
@@ -152,3 +162,20 @@ class PINNModel(BalancedModel):
         x = tf.convert_to_tensor(x)
         terms = self.pde.compute_loss(x[:, :1], x[:, 1:2], y_pred)
         return [tf.reduce_mean(term) for term in terms]
+
+    def forward_terms(self, x, y=None, sample_weight=None, training=True):
+        """The terms from the PINN's separate fields (see `PINN.fields`).
+
+        Same values as `compute_loss_terms(x, y, self(x))`, but a term that
+        uses only the field (a boundary term) has a gradient that skips the
+        derivative graph: with a gradient-level balancer, its per-term
+        gradient then costs a first-order backward pass.
+        """
+        x = tf.convert_to_tensor(x)
+        if not isinstance(self.solution, PINN) or list(self.solution.derivative_names) != list(self.pde.derivatives):
+            return super().forward_terms(x, y, sample_weight, training)
+        fields = self.solution.fields(x, training=training)
+        y_pred = tf.concat([fields[name] for name in self.pde.derivatives], axis=1)
+        x = tf.cast(x, y_pred.dtype)
+        terms = self.pde.residuals(x[:, :1], x[:, 1:2], fields)
+        return y_pred, [tf.reduce_mean(term) for term in terms]
