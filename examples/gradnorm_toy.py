@@ -46,8 +46,7 @@ Run it:
 
 On two CPU cores the eight default methods take about 1.5 minutes for T = 2
 and 3 minutes for T = 10 (the gradient-level methods take one backward pass
-per task). Training runs under XLA (`jit_compile=True`), except CAGrad, whose
-interior-point solver takes XLA minutes to compile on a CPU. On a CPU XLA is
+per task). Training runs under XLA (`jit_compile=True`). On a CPU XLA is
 no faster here: its compilation costs a few seconds per method, and the
 methods that solve a small problem on the Gramian (MGDA, UPGrad, IMTL-G) run
 their steps slower than without it; `--no-jit` does T = 2 in under a minute,

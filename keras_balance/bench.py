@@ -278,6 +278,9 @@ def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repea
     }
 
 
+#: Constructor arguments for balancers that cannot be built without them (by K).
+BENCH_OPTIONS = {"prior_loss": lambda k: {"prior_losses": [1.0] * k}}
+
 #: The Helmholtz boundary option that gives K loss terms.
 HELMHOLTZ_TERMS = {2: "combined", 3: "per_axis", 5: "per_edge"}
 
@@ -290,10 +293,11 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
     residual and 1, 2 or 4 boundary terms); every balancer (and, for
     gradient-level ones, every mode of `jacobian_modes`) trains its own copy of
     the same 4 x 50 PINN on the same 1024 + 256 points. All models are built,
-    compiled and warmed up first; the timed chunks of `steps` steps then run
-    interleaved, one per model per repeat, so drift of the machine affects all
-    alike. Sum is measured in the same run and each ratio is
-    `median(ms per step) / median(ms per step of Sum)`.
+    compiled and warmed up first; the timed chunks of `steps` steps (the
+    compiled train function called directly) then run interleaved, one per
+    model per repeat in a fresh random order, so drift of the machine affects
+    all alike. Sum is measured in the same run; each ratio is the median over
+    the repeats of (chunk time / Sum's chunk time in the same repeat).
 
     Returns:
         A list of rows `{"K", "balancer", "kind", "jacobian_mode", "ms_per_step", "ratio"}`.
@@ -326,7 +330,8 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
             if verbose:
                 print(f"K={k}: building {name}{'' if mode is None else f' ({mode})'}", flush=True)
             keras.utils.set_random_seed(seed)
-            model = PINNModel(problem, build_pinn(problem, seed=seed), balancer=_make_balancer(name, seed, None))
+            options = BENCH_OPTIONS.get(name, lambda k: None)(k)
+            model = PINNModel(problem, build_pinn(problem, seed=seed), balancer=_make_balancer(name, seed, options))
             model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), jit_compile=jit_compile,
                           jacobian_mode=mode)
             model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace + build
@@ -334,14 +339,23 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
             _train_chunk(model, iterator, steps)  # warm up
             models[(name, kind, mode)] = (model, iterator)
         samples = {key: [] for key in models}
+        base_key = ("sum", balancers_lib.LOSS_LEVEL, None)
+        ratios = {key: [] for key in models}
+        order = np.random.default_rng(seed)
+        keys = list(models)
         for _ in range(repeats):
-            for key, (model, iterator) in models.items():
-                samples[key].append(1000.0 * _train_chunk(model, iterator, steps) / steps)
-        base = float(np.median(samples[("sum", balancers_lib.LOSS_LEVEL, None)]))
+            # A fresh order each repeat, so no model always runs first or
+            # right after a slow one; each ratio pairs a chunk with Sum's
+            # chunk of the same repeat.
+            for index in order.permutation(len(keys)):
+                model, iterator = models[keys[index]]
+                samples[keys[index]].append(1000.0 * _train_chunk(model, iterator, steps) / steps)
+            for key in keys:
+                ratios[key].append(samples[key][-1] / samples[base_key][-1])
         for (name, kind, mode), values in samples.items():
-            median = float(np.median(values))
             rows.append({"K": k, "balancer": name, "kind": kind, "jacobian_mode": mode,
-                         "ms_per_step": median, "ratio": median / base})
+                         "ms_per_step": float(np.median(values)),
+                         "ratio": float(np.median(ratios[(name, kind, mode)]))})
         del models
     return rows
 

@@ -219,13 +219,17 @@ def cmd_speed(args):
 
 
 def cmd_bench(args):
-    from keras_balance import bench
+    from keras_balance import balancers, bench
 
     names = None
     if args.balancers:
-        names = [n.strip() for n in args.balancers.split(",") if n.strip()]
-        for name in names:
-            _check_balancer(name)
+        names = [n.strip().lower() for n in args.balancers.split(",") if n.strip()]
+        known = balancers.available()
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise SystemExit(
+                f"keras-balance: error: unknown balancer(s) {unknown}; known balancers: {', '.join(known)}"
+            )
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
         rows = bench.overhead(ks=args.ks, balancers=names, jacobian_modes=modes, steps=args.steps,

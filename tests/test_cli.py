@@ -141,3 +141,28 @@ def test_list_names_every_registered_balancer(capsys):
     cli.main(["list"])
     names = {line.split()[0] for line in capsys.readouterr().out.strip().splitlines()}
     assert names == set(balancers.available())
+
+
+def test_bench_overhead_table_and_json(tmp_path, capsys):
+    path = tmp_path / "overhead.json"
+    argv = ["bench", "overhead", "--ks", "2,3", "--balancers", "sum,pcgrad,prior_loss", "--modes",
+            "loop,features", "--steps", "2", "--repeats", "2", "--no-jit", "--json", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "ratio" not in line]
+    assert [line.split("|")[1].strip() for line in lines] == ["sum", "pcgrad", "pcgrad", "prior_loss"]
+    assert [line.split("|")[3].strip() for line in lines] == ["-", "loop", "features", "-"]
+    rows = json.loads(path.read_text())
+    assert {(r["K"], r["balancer"], r["jacobian_mode"]) for r in rows} == {
+        (k, b, m) for k in (2, 3) for b, m in (("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"),
+                                               ("prior_loss", None))
+    }
+    assert all(r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)
+    assert all(r["ratio"] == 1.0 for r in rows if r["balancer"] == "sum")
+
+
+def test_bench_overhead_bad_arguments():
+    with pytest.raises(SystemExit, match="ks"):
+        cli.main(["bench", "overhead", "--ks", "4", "--balancers", "sum"])
+    with pytest.raises(SystemExit, match="jacobian mode"):
+        cli.main(["bench", "overhead", "--ks", "2", "--balancers", "sum", "--modes", "pfor"])
