@@ -12,14 +12,14 @@ def _check_eps(name, value):
 
 
 class _DualConeBalancer(GradientBalancer):
-    """Shared arguments and configuration of UPGrad and DualProj."""
+    """Shared arguments and configuration of UPGrad and DualProj (`name` defaults to `default_name`)."""
 
     def __init__(
         self, norm_eps=0.0, reg_eps=1e-4, num_terms=None, nan_policy="skip", name=None, **kwargs
     ):
         self.norm_eps = _check_eps("norm_eps", norm_eps)
         self.reg_eps = _check_eps("reg_eps", reg_eps)
-        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
+        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name or self.default_name, **kwargs)
 
     def get_config(self):
         config = super().get_config()
@@ -82,23 +82,7 @@ class UPGrad(_DualConeBalancer):
 
     summary = "Mean of the gradients each projected onto the dual cone of all (Quinton & Rey 2024)."
 
-    def __init__(
-        self,
-        norm_eps=0.0,
-        reg_eps=1e-4,
-        num_terms=None,
-        nan_policy="skip",
-        name="upgrad",
-        **kwargs,
-    ):
-        super().__init__(
-            norm_eps=norm_eps,
-            reg_eps=reg_eps,
-            num_terms=num_terms,
-            nan_policy=nan_policy,
-            name=name,
-            **kwargs,
-        )
+    default_name = "upgrad"
 
     def gramian_weights(self, gramian):
         num = gramian.shape[0]
@@ -146,23 +130,7 @@ class DualProj(_DualConeBalancer):
 
     summary = "Mean gradient projected onto the dual cone of the gradients (Quinton & Rey 2024)."
 
-    def __init__(
-        self,
-        norm_eps=0.0,
-        reg_eps=1e-4,
-        num_terms=None,
-        nan_policy="skip",
-        name="dualproj",
-        **kwargs,
-    ):
-        super().__init__(
-            norm_eps=norm_eps,
-            reg_eps=reg_eps,
-            num_terms=num_terms,
-            nan_policy=nan_policy,
-            name=name,
-            **kwargs,
-        )
+    default_name = "dualproj"
 
     def gramian_weights(self, gramian):
         num = gramian.shape[0]
