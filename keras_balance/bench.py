@@ -227,7 +227,8 @@ def _train_chunk(model, iterator, steps):
     Calls the model's compiled train function directly, so that the timing
     holds the steps themselves and not `fit`'s per-call set-up.
     """
-    function = model.make_train_function()
+    model.make_train_function()
+    function = model.train_function
     start = time.perf_counter()
     outputs = None
     for _ in range(steps):

@@ -1,5 +1,7 @@
 """BalancedModel: a keras.Model whose training step balances K loss terms."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -433,12 +435,60 @@ class BalancedModel(keras.Model):
 
     # -- gradient-level steps --------------------------------------------------
 
-    def _gradient_level_step(self, x, y, sample_weight):
+    # -- steps of methods that update every n steps ---------------------------
+
+    def _update_period(self):
+        """`update_every` when two compiled steps can replace the `tf.cond`, else None.
+
+        A gradient-level balancer that needs its per-term gradients only every
+        n steps (LR annealing) gets two compiled train functions, one with the
+        per-term gradients and one with the held weights, and Python picks one
+        per step. Inside one compiled step the choice is a `tf.cond`, which
+        costs a few percent under XLA; that path remains for several steps
+        per execution, eager runs and distribution strategies.
+        """
+        every = getattr(self.balancer, "update_every", 1)
+        if self.balancer.kind != balancers_lib.GRADIENT_LEVEL or every <= 1:
+            return None
+        if self.run_eagerly or self.steps_per_execution != 1:
+            return None
+        if type(self.distribute_strategy).__name__ != "_DefaultDistributionStrategy":
+            return None
+        return every
+
+    def make_train_function(self, force=False):
+        every = self._update_period()
+        if every is None:
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            with_jacobian = self._make_function(functools.partial(self._scheduled_step, True))
+            held = self._make_function(functools.partial(self._scheduled_step, False))
+
+            def train_function(iterator):
+                position = self.__dict__["_schedule_position"]
+                self.__dict__["_schedule_position"] = position + 1
+                return (with_jacobian if position % every == 0 else held)(iterator)
+
+            self.train_function = train_function
+        # The schedule follows the balancer's step counter (also after a restore).
+        self.__dict__["_schedule_position"] = int(self.balancer.step.numpy())
+        return self.train_function
+
+    def _scheduled_step(self, per_term, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return self._gradient_level_step(x, y, sample_weight, per_term=per_term)
+
+    def _gradient_level_step(self, x, y, sample_weight, per_term=None):
         # Methods that update every n steps (LR annealing) skip the per-term
         # gradients in between: a weighted sum costs what Sum costs. Each
         # branch runs its own forward pass, since a tape cannot be read from
-        # inside a `tf.cond` branch.
-        if getattr(self.balancer, "update_every", 1) > 1:
+        # inside a `tf.cond` branch. `per_term` fixes the branch (see
+        # `make_train_function`).
+        if per_term is not None:
+            grads, weights, terms, y_pred, regularization = self._gradient_pass(
+                x, y, sample_weight, per_term=per_term
+            )
+        elif getattr(self.balancer, "update_every", 1) > 1:
             grads, weights, terms, y_pred, regularization = tf.cond(
                 self.balancer.needs_jacobian(),
                 lambda: self._gradient_pass(x, y, sample_weight, per_term=True),

@@ -211,3 +211,43 @@ def test_validation_uses_the_latest_weights_without_advancing():
     result = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
     assert int(model.balancer.step.numpy()) == step
     np.testing.assert_allclose(result["loss"], 2.0 * result["a"] + 3.0 * result["b"], rtol=1e-5)
+
+
+def test_update_schedule_is_the_same_with_two_compiled_steps_or_one_cond():
+    """Python picks one of two compiled steps (one step per execution) or a
+    tf.cond inside one step (several steps per execution): same trajectory."""
+    x, y = data(n=32)
+    results = []
+    for steps_per_execution in (1, 4):
+        model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", steps_per_execution=steps_per_execution,
+                      jit_compile=True)
+        history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        assert (model._update_period() == 3) == (steps_per_execution == 1)
+        results.append((history.history["w_b"], [v.numpy() for v in model.trainable_variables],
+                        int(model.balancer.step.numpy())))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert results[0][2] == results[1][2] == 16
+
+
+def test_update_schedule_continues_after_loading(tmp_path):
+    x, y = data(n=20)
+    model = two_head_model(LRAnnealing(update_every=4, smoothing=0.5))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)  # 5 steps: updates at 0 and 4
+    path = tmp_path / "lr.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    weights = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            weights.append(float(restored.balancer.term_weights.numpy()[1]))
+
+    restored.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
+    # Steps 5..9: the next update is step 8, the fourth of this run.
+    changes = [i for i in range(1, 5) if weights[i] != weights[i - 1]]
+    assert changes == [3]
+    assert int(restored.balancer.step.numpy()) == 10
