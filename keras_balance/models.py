@@ -557,9 +557,8 @@ class BalancedModel(keras.Model):
         # `output_gradients` rather than by forming the weighted sum.
         return tape.gradient(term_list, variables, output_gradients=tf.unstack(weights))
 
-    def _scope_variables(self, variables, touched):
-        """The variables the balancer's Jacobian covers: all shared ones, or one layer's kernel."""
-        shared = [i for i, count in enumerate(touched) if count == self.num_terms]
+    def _scope_variables(self, variables, shared):
+        """The variables the balancer's Jacobian covers: all `shared` ones, or one layer's kernel."""
         if not getattr(self.balancer, "weights_all_parameters", False) or not hasattr(self.balancer, "layer"):
             return shared
         name = self.balancer.layer
@@ -596,7 +595,8 @@ class BalancedModel(keras.Model):
         else:
             per_term = [tape.gradient(term, variables) for term in term_list]
         touched = [sum(grads[v] is not None for grads in per_term) for v in range(len(variables))]
-        scope = self._scope_variables(variables, touched)
+        shared = [v for v, count in enumerate(touched) if count == len(term_list)]
+        scope = self._scope_variables(variables, shared)
         if not scope:
             raise ValueError(
                 "No trainable variable is touched by every loss term, so a gradient-level balancer "
@@ -609,7 +609,6 @@ class BalancedModel(keras.Model):
         jacobian = tf.stack(rows)
         weights = self.balancer.weigh(jacobian, losses)
         scale_all = getattr(self.balancer, "weights_all_parameters", False)
-        shared = {v for v, count in enumerate(touched) if count == len(term_list)}
         grads = []
         for v, variable in enumerate(variables):
             parts = [(i, g[v]) for i, g in enumerate(per_term) if g[v] is not None]

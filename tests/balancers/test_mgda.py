@@ -12,7 +12,6 @@ keeping the solutions with alpha >= 0 and (G alpha)_i >= lambda for every i.
 Normalized variants divide row i by n_i first and report w_i = alpha_i / n_i.
 """
 
-import itertools
 
 import keras
 import numpy as np
@@ -20,39 +19,12 @@ import pytest
 import tensorflow as tf
 
 from keras_balance.balancers.mgda import MGDA
+from test_qp import ref_min_norm  # the exact enumeration of supports, written from the KKT conditions
 
 SCALES = [1e-10, 1e-5, 1.0, 1e5, 1e10]
 
 
 # -- independent reference ---------------------------------------------------------
-
-
-def ref_min_norm(gramian, tol=1e-10):
-    num = len(gramian)
-    trace = np.trace(gramian)
-    if trace == 0.0:
-        return np.full(num, 1.0 / num)
-    gramian = gramian / trace
-    best_value, best_alpha = np.inf, None
-    for size in range(1, num + 1):
-        for support in itertools.combinations(range(num), size):
-            support = list(support)
-            system = np.zeros((size + 1, size + 1))
-            system[:size, :size] = gramian[np.ix_(support, support)]
-            system[:size, size] = -1.0
-            system[size, :size] = 1.0
-            rhs = np.zeros(size + 1)
-            rhs[size] = 1.0
-            solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
-            if np.abs(system @ solution - rhs).max() > tol:
-                continue
-            alpha = np.zeros(num)
-            alpha[support] = solution[:size]
-            value = alpha @ gramian @ alpha
-            feasible = alpha.min() >= -tol and np.all(gramian @ alpha >= value - tol)
-            if feasible and value < best_value:
-                best_value, best_alpha = value, alpha
-    return best_alpha
 
 
 def ref_mgda_weights(jacobian, normalization="none", losses=None):

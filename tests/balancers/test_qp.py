@@ -52,7 +52,10 @@ def ref_lower_bounded_qp(hessian, linear, lower, tol=1e-10):
 
 def ref_min_norm(gramian, tol=1e-10):
     num = len(gramian)
-    gramian = gramian / np.trace(gramian)
+    trace = np.trace(gramian)
+    if trace == 0.0:
+        return np.full(num, 1.0 / num)
+    gramian = gramian / trace
     best_value, best_alpha = np.inf, None
     for size in range(1, num + 1):
         for support in itertools.combinations(range(num), size):
