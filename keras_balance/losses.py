@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
+from keras_balance import distribute
 
 
 def _pde_config(pde):
@@ -127,10 +128,13 @@ class BalancedLoss(keras.losses.Loss):
         return tf.stack([tf.reduce_mean(tf.cast(t, "float32")) for t in per_point])
 
     def call(self, y_true, y_pred):
-        values = self.term_values(y_true, y_pred)
+        # Under tf.distribute the balancer sees the global batch's terms (the
+        # same weights on every replica) and each replica returns its share
+        # of the objective, since the replicas' gradients are summed.
+        values = distribute.globalize(self.term_values(y_true, y_pred))
         total, _ = self.balancer.combine(values)
-        self._term_losses.assign(values)
-        return total
+        self._term_losses.assign(tf.stop_gradient(values))
+        return distribute.scale(total)
 
     @property
     def term_weights(self):

@@ -16,6 +16,7 @@ from keras.src.saving import object_registration
 from keras.src.trainers.trainer import Trainer
 
 from keras_balance import balancers as balancers_lib
+from keras_balance import distribute
 
 _FUNCTIONAL_VARIANTS = {}
 
@@ -347,6 +348,24 @@ class BalancedModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) reduces the first batch of a distributed dataset with
+        # one `strategy.reduce` over the whole (x, y) structure, which
+        # MultiWorkerMirroredStrategy rejects (it reduces single values only).
+        # Reduce each tensor on its own there; every other case is Keras'.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None)
+                if isinstance(value, tf.distribute.DistributedValues) else value,
+                next(batches),
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`; calls a per-epoch balancer's `end_epoch()` after each epoch."""
         if getattr(self.balancer, "needs_epoch_end", False):
@@ -407,18 +426,23 @@ class BalancedModel(keras.Model):
             return self._gradient_level_step(x, y, sample_weight)
         with tf.GradientTape() as tape:
             y_pred, terms = self._terms(x, y, sample_weight, training=True)
+            # Under tf.distribute: the values of the global batch (the same
+            # weights on every replica), the gradients of this replica's terms.
+            terms = distribute.globalize(terms)
             # Read after the forward pass, which builds a subclassed model's layers.
             variables = self.trainable_variables
             regularization = self._regularization_loss()
             total, weights = self.balancer.combine(terms)
-            objective = self.optimizer.scale_loss(total + regularization)
+            # The optimizer sums the replicas' gradients: each holds 1/replicas.
+            objective = self.optimizer.scale_loss(distribute.scale(total + regularization))
         grads = tape.gradient(objective, variables)
         self.optimizer.apply(grads, variables)
-        return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
+        return self._record(total + regularization, tf.stop_gradient(terms), weights, y, y_pred, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, terms = self._terms(x, y, sample_weight, training=False)
+        terms = distribute.replica_mean(terms)
         if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
             # The weights of the latest training step, as for a loss-level balancer.
             weights = tf.identity(self.balancer.term_weights.value)
@@ -456,6 +480,21 @@ class BalancedModel(keras.Model):
             return None
         return every
 
+    def _make_function(self, step_function):
+        # Under MultiWorkerMirroredStrategy Keras (3.15) reduces each logged
+        # value with `strategy.reduce("MEAN", value, axis=0)`, which fails on
+        # a scalar. Log (1,) tensors there: the reduction then gives back
+        # the scalar mean over replicas (equal values: the global terms).
+        if not isinstance(getattr(self, "_distribute_strategy", None), tf.distribute.MultiWorkerMirroredStrategy):
+            return super()._make_function(step_function)
+
+        def step_with_vector_logs(data):
+            return keras.tree.map_structure(
+                lambda value: tf.reshape(value, [1]) if value.shape.rank == 0 else value, step_function(data)
+            )
+
+        return super()._make_function(step_with_vector_logs)
+
     def make_train_function(self, force=False):
         every = self._update_period()
         if every is None:
@@ -488,6 +527,13 @@ class BalancedModel(keras.Model):
             grads, weights, terms, y_pred, regularization = self._gradient_pass(
                 x, y, sample_weight, per_term=per_term
             )
+        elif getattr(self.balancer, "update_every", 1) > 1 and distribute.num_replicas() > 1:
+            # A cross-replica reduction cannot sit inside a `tf.cond` branch:
+            # every step takes the per-term gradients and the balancer holds
+            # its weights between updates.
+            grads, weights, terms, y_pred, regularization = self._gradient_pass(
+                x, y, sample_weight, per_term=True, scheduled=True
+            )
         elif getattr(self.balancer, "update_every", 1) > 1:
             grads, weights, terms, y_pred, regularization = tf.cond(
                 self.balancer.needs_jacobian(),
@@ -499,13 +545,22 @@ class BalancedModel(keras.Model):
                 x, y, sample_weight, per_term=True
             )
         variables = self.trainable_variables
-        self.optimizer.apply([tf.cast(g, v.dtype) for g, v in zip(grads, variables)], variables)
+        # Every replica holds the same combined gradient (the per-term
+        # gradients were averaged over replicas) or its share of it (held
+        # weights, features); the optimizer sums them: each holds 1/replicas.
+        grads = [distribute.scale(tf.cast(g, v.dtype)) for g, v in zip(grads, variables)]
+        self.optimizer.apply(grads, variables)
         total = tf.reduce_sum(weights * terms)
         return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
 
-    def _gradient_pass(self, x, y, sample_weight, per_term):
-        """Forward pass, then the gradients: combined by the balancer, or with held weights."""
+    def _gradient_pass(self, x, y, sample_weight, per_term, scheduled=False):
+        """Forward pass, then the gradients: combined by the balancer, or with held weights.
+
+        `scheduled`: the per-term gradients are there, but the balancer
+        updates its weights only when `needs_jacobian()` (else it holds them).
+        """
         mode = self.jacobian_mode
+        self.__dict__["_scheduled_weights"] = scheduled
         with tf.GradientTape(persistent=per_term) as tape:
             if per_term and mode == "features":
                 # The terms must be computed from the representation.
@@ -524,15 +579,20 @@ class BalancedModel(keras.Model):
                 term_list = [tf.reshape(tf.cast(t, "float32"), ()) for t in raw]
             else:
                 term_list = tf.unstack(terms)
+            # Mixed precision: differentiate the loss-scaled terms (the
+            # LossScaleOptimizer unscales the combined gradient); the balancer
+            # sees the unscaled Jacobian.
+            term_list = [self.optimizer.scale_loss(t) for t in term_list]
             variables = self.trainable_variables
             regularization = self._regularization_loss()
             if not per_term:
                 weights = tf.stop_gradient(self.balancer.hold())
-                objective = tf.reduce_sum(weights * terms) + regularization
+                objective = self.optimizer.scale_loss(tf.reduce_sum(weights * terms) + regularization)
+        # The balancer's losses and the logged terms: the global batch's.
+        losses = distribute.replica_mean(tf.stop_gradient(terms))
         if not per_term:
             grads = tape.gradient(objective, variables)
         else:
-            losses = tf.stop_gradient(terms)
             if mode == "features":
                 grads, weights = self._feature_gradients(tape, term_list, losses, features, variables)
             else:
@@ -540,11 +600,30 @@ class BalancedModel(keras.Model):
                     tape, term_list, terms, losses, variables, mode == "vectorized"
                 )
             if self.losses:
-                extra = tape.gradient(regularization, variables)
+                extra = tape.gradient(self.optimizer.scale_loss(regularization), variables)
                 grads = [g if e is None else g + tf.cast(e, g.dtype) for g, e in zip(grads, extra)]
         del tape
         grads = self._zeros_for_none(grads, variables)
-        return grads, tf.cast(weights, "float32"), terms, y_pred, regularization
+        return grads, tf.cast(weights, "float32"), losses, y_pred, regularization
+
+    def _weigh(self, jacobian, losses):
+        """The balancer's weights for a Jacobian (held between updates in a scheduled step)."""
+        if not self.__dict__.get("_scheduled_weights", False):
+            return self.balancer.weigh(jacobian, losses)
+        return tf.cond(
+            self.balancer.needs_jacobian(),
+            lambda: self.balancer.weigh(jacobian, losses),
+            lambda: tf.cast(self.balancer.hold(), jacobian.dtype),
+        )
+
+    def _loss_scale(self):
+        """The factor `optimizer.scale_loss` multiplies a loss by (1 without mixed precision)."""
+        return self.optimizer.scale_loss(tf.constant(1.0, "float32"))
+
+    @staticmethod
+    def _jacobian_dtype(variables):
+        """float64 when the model trains float64 variables, else float32 (never less)."""
+        return "float64" if any(v.dtype == "float64" for v in variables) else "float32"
 
     @staticmethod
     def _zeros_for_none(grads, variables):
@@ -594,6 +673,9 @@ class BalancedModel(keras.Model):
             ]
         else:
             per_term = [tape.gradient(term, variables) for term in term_list]
+        # Under tf.distribute: the per-term gradients of the global batch,
+        # averaged over replicas before the balancer combines them.
+        per_term = distribute.replica_mean(per_term)
         touched = [sum(grads[v] is not None for grads in per_term) for v in range(len(variables))]
         shared = [v for v, count in enumerate(touched) if count == len(term_list)]
         scope = self._scope_variables(variables, shared)
@@ -602,12 +684,13 @@ class BalancedModel(keras.Model):
                 "No trainable variable is touched by every loss term, so a gradient-level balancer "
                 "has nothing to combine."
             )
+        dtype = self._jacobian_dtype(variables)
         rows = [
-            tf.concat([tf.reshape(tf.cast(grads[v], "float32"), [-1]) for v in scope], 0)
+            tf.concat([tf.reshape(tf.cast(grads[v], dtype), [-1]) for v in scope], 0)
             for grads in per_term
         ]
-        jacobian = tf.stack(rows)
-        weights = self.balancer.weigh(jacobian, losses)
+        jacobian = tf.stack(rows) / tf.cast(self._loss_scale(), dtype)
+        weights = self._weigh(jacobian, losses)
         scale_all = getattr(self.balancer, "weights_all_parameters", False)
         grads = []
         for v, variable in enumerate(variables):
@@ -625,12 +708,17 @@ class BalancedModel(keras.Model):
     def _feature_gradients(self, tape, term_list, losses, features, variables):
         """Per-term gradients with respect to a shared representation (rep_grad)."""
         flat = keras.tree.flatten(features)
+        dtype = self._jacobian_dtype(variables)
         rows = []
         for term in term_list:
             grads = tape.gradient(term, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            rows.append(tf.concat([tf.reshape(tf.cast(g, "float32"), [-1]) for g in grads], 0))
+            rows.append(tf.concat([tf.reshape(tf.cast(g, dtype), [-1]) for g in grads], 0))
         jacobian = tf.stack(rows)
-        weights = self.balancer.weigh(jacobian, losses)
+        # The balancer sees the unscaled Jacobian of the global batch: each
+        # replica's representation gradients of the mean terms, side by side.
+        scale = tf.cast(self._loss_scale(), dtype) * distribute.num_replicas()
+        gathered = tf.reshape(distribute.gather_columns(jacobian), [len(term_list), -1])
+        weights = self._weigh(gathered / scale, losses)
         if getattr(self.balancer, "weights_all_parameters", False) or self.feature_layer is None:
             grads = self._weighted_gradients(tape, term_list, weights, variables)
         else:
