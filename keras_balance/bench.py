@@ -8,6 +8,7 @@ on the same budget, and `results_table` formats them.
 
 import dataclasses
 import inspect
+import itertools
 import time
 
 import keras
@@ -63,10 +64,21 @@ class RunResult:
     history: dict
     model: object = dataclasses.field(default=None, repr=False)
     problem: object = dataclasses.field(default=None, repr=False)
+    status: str = "ok"
+    sampling: str = "uniform"
+    resample: bool = False
+    rel_l2_adam: float = None
+    mse_adam: float = None
+    lbfgs: dict = None
+    points: object = dataclasses.field(default=None, repr=False)
 
     def summary(self):
-        """The one-object JSON summary written by `--json`."""
-        return {
+        """The one-object JSON summary written by `--json`.
+
+        `rel_l2` and `mse` are the final errors (after L-BFGS when it ran);
+        `rel_l2_adam` and `mse_adam` those after the first-order phase.
+        """
+        summary = {
             "pde": self.pde,
             "balancer": self.balancer,
             "seed": self.seed,
@@ -76,7 +88,13 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "final_losses": self.final_losses,
             "final_weights": self.final_weights,
+            "status": self.status,
+            "sampling": self.sampling,
+            "resample": self.resample,
         }
+        if self.lbfgs is not None:
+            summary.update(rel_l2_adam=self.rel_l2_adam, mse_adam=self.mse_adam, lbfgs=self.lbfgs)
+        return summary
 
 
 def _make_balancer(balancer, seed, options):
@@ -96,6 +114,45 @@ def _check_positive_int(name, value):
     return int(value)
 
 
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training at the end of an epoch whose loss or error is not finite; note the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        values = [logs[k] for k in ("loss", "rel_l2") if k in logs]
+        if any(not np.isfinite(float(np.asarray(v))) for v in values):
+            self.step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+
+
+def point_dataset(problem, n_interior, n_boundary, seed=0, sampling="uniform", resample=False):
+    """The training data of a run: `(dataset, points)`.
+
+    Fixed points (`resample=False`): `points = problem.sample(..., seed, method=sampling)`,
+    repeated every step. Resampled: a `tf.data` pipeline that yields a fresh
+    set each step, `problem.sample(..., step=k)` for k = 0, 1, 2, ... (see
+    `PDE.sample`: new uniform draws, or the next points of the Sobol / Halton
+    sequence); the counter is shared by every iterator of the dataset, so a
+    new `fit` call continues the sequence. `points` is then the set of step 0.
+    """
+    points = problem.sample(n_interior, n_boundary, seed=seed, method=sampling)
+    if not resample:
+        return tf.data.Dataset.from_tensors(points).repeat(), points
+    counter = itertools.count()
+
+    def generate():
+        while True:
+            yield problem.sample(n_interior, n_boundary, seed=seed, method=sampling, step=next(counter))
+
+    spec = tf.TensorSpec(points.shape, tf.float32)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(2)
+    return dataset, points
+
+
 def train(
     pde="helmholtz",
     balancer="relobralo",
@@ -107,6 +164,11 @@ def train(
     verbose=1,
     balancer_options=None,
     pde_options=None,
+    sampling="uniform",
+    resample=False,
+    lbfgs_steps=0,
+    lbfgs_options=None,
+    callbacks=None,
     **overrides,
 ):
     """Train a PINN on `pde` with `balancer` and return a `RunResult`.
@@ -122,7 +184,19 @@ def train(
         verbose: 1 shows a progress bar, 0 is silent.
         balancer_options: constructor arguments for a balancer given by name.
         pde_options: constructor arguments for a PDE given by name.
+        sampling: collocation points, `"uniform"`, `"sobol"` or `"halton"` (see `PDE.sample`).
+        resample: a fresh set of points every step instead of one fixed set.
+        lbfgs_steps: L-BFGS iterations after Adam (0: none), on the balanced
+            loss with the balancer's last weights frozen, full batch on the
+            points of step 0 (see `keras_balance.lbfgs.finetune`).
+        lbfgs_options: more arguments of `finetune` (`tolerance`, `chunk`, ...).
+        callbacks: more Keras callbacks for the Adam phase.
         **overrides: `n_interior`, `n_boundary`, `width`, `depth`, `output_scale`.
+
+    Returns:
+        A `RunResult`. A run whose loss or error stops being finite ends
+        early with `status="diverged at step ~k"` (k: the step of the log
+        record that saw it) and NaN errors.
     """
     problem = pde_lib.get(pde, **(pde_options or {}))
     key = next((k for k, cls in pde_lib.PROBLEMS.items() if isinstance(problem, cls)), None)
@@ -141,9 +215,19 @@ def train(
     log_every = _check_positive_int("log_every", log_every or max(1, steps // 100))
     log_every = min(log_every, steps)
 
+    if sampling not in pde_lib.SAMPLING_METHODS:
+        raise ValueError(
+            f"Argument `sampling` must be one of {pde_lib.SAMPLING_METHODS}; received sampling={sampling!r}."
+        )
+    if isinstance(lbfgs_steps, bool) or not isinstance(lbfgs_steps, (int, np.integer)) or lbfgs_steps < 0:
+        raise ValueError(
+            f"Argument `lbfgs_steps` must be a non-negative integer; received lbfgs_steps={lbfgs_steps!r}."
+        )
+
     keras.utils.set_random_seed(seed)
     balancer_obj = _make_balancer(balancer, seed, balancer_options)
-    points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
+    dataset, points = point_dataset(problem, settings["n_interior"], settings["n_boundary"], seed=seed,
+                                    sampling=sampling, resample=resample)
     solution = build_pinn(
         problem,
         width=settings["width"],
@@ -155,31 +239,47 @@ def train(
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]), jit_compile=jit_compile
     )
-    dataset = tf.data.Dataset.from_tensors(points).repeat()
-    callbacks = [ExactErrorHistory(problem, solution.predict_field)]
+    stopper = _StopOnNonFinite()
+    callbacks = [ExactErrorHistory(problem, solution.predict_field), stopper, *(callbacks or [])]
+    progress = None
     if verbose:
         keys = list(problem.term_names) + [f"w_{n}" for n in problem.term_names] + ["rel_l2"]
-        callbacks.append(TrainingProgress(steps, log_every, keys=keys))
+        progress = TrainingProgress(steps, log_every, keys=keys)
+        callbacks.append(progress)
 
     history = {}
     log_steps = []
     start = time.perf_counter()
     done = 0
     for chunk, epochs in ((log_every, steps // log_every), (steps % log_every, 1)):
-        if chunk == 0 or epochs == 0:
+        if chunk == 0 or epochs == 0 or stopper.step is not None:
             continue
-        if verbose:
-            callbacks[-1].steps_per_epoch = chunk
+        if progress is not None:
+            progress.steps_per_epoch = chunk
         fit = model.fit(
             dataset, steps_per_epoch=chunk, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks
         )
         for name, values in fit.history.items():
             history.setdefault(name, []).extend(float(v) for v in values)
-        log_steps.extend(done + chunk * (i + 1) for i in range(epochs))
-        done += chunk * epochs
+        recorded = len(fit.history.get("loss", ()))
+        log_steps.extend(done + chunk * (i + 1) for i in range(recorded))
+        done += chunk * recorded
     seconds = time.perf_counter() - start
 
+    status = "ok" if stopper.step is None else f"diverged at step ~{stopper.step}"
     errors = problem.error(solution.predict_field, n=101)
+    errors_adam, lbfgs_summary = dict(errors), None
+    if lbfgs_steps and stopper.step is None:
+        from keras_balance import lbfgs
+
+        options = dict(lbfgs_options or {})
+        options.setdefault("jit_compile", jit_compile)
+        options.setdefault("verbose", verbose)
+        outcome = lbfgs.finetune(model, points, max_steps=int(lbfgs_steps), **options)
+        lbfgs_summary = outcome.summary()
+        errors = problem.error(solution.predict_field, n=101)
+    if not (np.isfinite(errors["rel_l2"]) and np.isfinite(errors["mse"])) and status == "ok":
+        status = f"diverged at step ~{done}"
     names = tuple(problem.term_names)
     return RunResult(
         pde=key or type(problem).__name__,
@@ -190,12 +290,19 @@ def train(
         mse=errors["mse"],
         seconds=seconds,
         term_names=names,
-        final_losses={n: history[n][-1] for n in names},
-        final_weights={n: history[f"w_{n}"][-1] for n in names},
+        final_losses={n: history[n][-1] if n in history else float("nan") for n in names},
+        final_weights={n: history[f"w_{n}"][-1] if f"w_{n}" in history else float("nan") for n in names},
         log_steps=log_steps,
         history=history,
         model=model,
         problem=problem,
+        status=status,
+        sampling=sampling,
+        resample=bool(resample),
+        rel_l2_adam=errors_adam["rel_l2"],
+        mse_adam=errors_adam["mse"],
+        lbfgs=lbfgs_summary,
+        points=points,
     )
 
 
@@ -407,5 +514,432 @@ def results_table(results):
     return "\n".join(lines)
 
 
+# -- the comparison behind `keras-balance compare` ------------------------------
+
+
+class RunProgress(keras.callbacks.Callback):
+    """A one-line progress display for one run of a comparison.
+
+    Shows `[i/N] balancer seed s: step k/total (p%), elapsed, rel. L2`,
+    updated at each log record: in place on a terminal, every 10 % of the
+    run otherwise (log files). Reads the steps done from the optimizer.
+
+    Args:
+        label: the run's name, e.g. `"[3/12] relobralo seed 1"`.
+        total_steps: the run's budget.
+        stream: where to write (default `sys.stderr`).
+    """
+
+    def __init__(self, label, total_steps, stream=None):
+        super().__init__()
+        self.label = label
+        self.total_steps = int(total_steps)
+        self.stream = stream
+        self.start = None
+        self.last_decile = -1
+
+    def _stream(self):
+        import sys
+
+        return self.stream or sys.stderr
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        done = int(self.model.optimizer.iterations.numpy())
+        error = logs.get("rel_l2")
+        text = (f"{self.label}: step {done}/{self.total_steps} ({100.0 * done / self.total_steps:3.0f}%), "
+                f"{time.perf_counter() - self.start:6.1f} s"
+                + ("" if error is None else f", rel. L2 {float(error):.3e}"))
+        stream = self._stream()
+        if getattr(stream, "isatty", lambda: False)():
+            stream.write("\r" + text.ljust(100))
+            stream.flush()
+        else:
+            decile = (10 * done) // self.total_steps
+            if decile > self.last_decile:
+                self.last_decile = decile
+                stream.write(text + "\n")
+                stream.flush()
+
+    def finish(self, text):
+        """End the run's line with a closing message."""
+        stream = self._stream()
+        if getattr(stream, "isatty", lambda: False)():
+            stream.write("\r" + " " * 100 + "\r")
+        stream.write(f"{self.label}: {text}\n")
+        stream.flush()
+
+
+def balancer_names(spec):
+    """Balancer names from a comma-separated string or a list; `"all"` is every registered one.
+
+    Raises `ValueError` for an unknown name or an empty list.
+    """
+    if isinstance(spec, str):
+        spec = [n.strip() for n in spec.split(",") if n.strip()]
+    names = [str(n).lower() for n in spec]
+    known = balancers_lib.available()
+    if names == ["all"]:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Unknown balancer(s) {unknown}; known balancers: {', '.join(known)} (or 'all').")
+    if not names:
+        raise ValueError(f"Argument `balancers` must name at least one balancer; received {spec!r}.")
+    return list(dict.fromkeys(names))
+
+
+def options_for(name, num_terms, balancer_options=None):
+    """Constructor arguments of balancer `name` in a comparison with `num_terms` terms.
+
+    `balancer_options` is either one dict for every balancer, or a dict keyed
+    by balancer names (`{"relobralo": {"temperature": 1.0}}`). Balancers that
+    need arguments (`BENCH_OPTIONS`: `prior_loss` gets equal priors, so that
+    it can run at all; on a PDE there is no label distribution) get them when
+    not given.
+    """
+    options = dict(BENCH_OPTIONS[name](num_terms)) if name in BENCH_OPTIONS else {}
+    given = balancer_options or {}
+    if given and all(key in balancers_lib.available() for key in given):
+        given = given.get(name) or {}
+    options.update(given)
+    return options or None
+
+
+def _finite_stats(values):
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype="float64")
+    if values.size == 0:
+        return None
+    return {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}
+
+
+def _paired_step_times(models, baseline, steps, repeats, seed):
+    """Interleaved timing of already-trained models (see `overhead`): ms/step and ratio to `baseline`."""
+    order = np.random.default_rng(seed)
+    keys = list(models)
+    for key in keys:
+        model, iterator = models[key]
+        _train_chunk(model, iterator, steps)  # warm up (a new iterator may retrace)
+    samples = {key: [] for key in keys}
+    ratios = {key: [] for key in keys}
+    for _ in range(repeats):
+        for index in order.permutation(len(keys)):
+            model, iterator = models[keys[index]]
+            samples[keys[index]].append(1000.0 * _train_chunk(model, iterator, steps) / steps)
+        if baseline in models:
+            for key in keys:
+                ratios[key].append(samples[key][-1] / samples[baseline][-1])
+    return {
+        key: {"ms_per_step": float(np.median(samples[key])),
+              "ratio": float(np.median(ratios[key])) if ratios[key] else None}
+        for key in keys
+    }
+
+
+def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1, 2), steps=None, out=None,
+                   sampling="uniform", resample=False, lbfgs_steps=0, balancer_options=None,
+                   timing_steps=50, timing_repeats=5, jit_compile=True, verbose=1, stream=None,
+                   command=None, **overrides):
+    """Train every balancer on every seed with the same data and budget; report and draw.
+
+    Sum is always included (first) as the baseline. Runs go seed by seed,
+    every balancer within a seed. A run that raises is recorded as
+    `"failed: <error>"`, one whose loss or error stops being finite as
+    `"diverged at step ~k"`; the comparison goes on either way.
+
+    Step time: after all runs, the trained model of the first seed of each
+    balancer runs `timing_repeats` chunks of `timing_steps` compiled steps on
+    its fixed point set (no input pipeline), interleaved in a fresh random
+    order each repeat; `ms_per_step` is the median, `ratio` the median of the
+    per-repeat ratios to Sum's chunk. `timing_repeats=0` skips it and the
+    ratio is then taken from the runs' own wall times.
+
+    Args:
+        pde: `"helmholtz"` or `"kirchhoff"`.
+        balancers: names, a comma-separated string, or `"all"`.
+        seeds: the seeds.
+        steps: Adam steps per run (default: the PDE's).
+        out: a directory for `results.md`, `results.json` and the figures (None: nothing written).
+        sampling, resample, lbfgs_steps: see `train`.
+        balancer_options: see `options_for`.
+        timing_steps, timing_repeats: the step-time measurement.
+        jit_compile: compile the training step with XLA.
+        verbose: 1 shows the progress of every run on `stream` (default stderr).
+        command: the command line to state in `results.md`.
+        **overrides: `learning_rate`, `n_interior`, `n_boundary`, `width`, `depth`, ...
+
+    Returns:
+        A dict: `runs` (one record per run), `aggregates` (one per balancer),
+        `meta`, and `files` (paths written).
+    """
+    import datetime
+    import os
+    import platform
+    import traceback
+
+    names = balancer_names(balancers)
+    names = ["sum"] + [n for n in names if n != "sum"]
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError(f"Argument `seeds` must hold at least one seed; received seeds={seeds!r}.")
+    if steps is not None:
+        steps = _check_positive_int("steps", steps)
+    timing_steps = _check_positive_int("timing_steps", timing_steps)
+    if isinstance(timing_repeats, bool) or not isinstance(timing_repeats, (int, np.integer)) or timing_repeats < 0:
+        raise ValueError(f"Argument `timing_repeats` must be a non-negative integer; received {timing_repeats!r}.")
+    problem = pde_lib.get(pde)
+    key = next((k for k, cls in pde_lib.PROBLEMS.items() if isinstance(problem, cls)), str(pde))
+    budget = steps or DEFAULTS.get(key, DEFAULTS["helmholtz"])["steps"]
+    total = len(names) * len(seeds)
+    import sys
+
+    stream = stream or sys.stderr
+    runs, kept, maps = [], {}, {}
+    started = time.perf_counter()
+    index = 0
+    for seed in seeds:
+        for name in names:
+            index += 1
+            label = f"[{index}/{total}] {name} seed {seed}"
+            progress = RunProgress(label, budget, stream=stream) if verbose else None
+            kind = balancers_lib.available()[name].kind
+            record = {"pde": key, "balancer": name, "kind": kind, "seed": seed, "steps": budget,
+                      "sampling": sampling, "resample": bool(resample), "lbfgs_steps": int(lbfgs_steps)}
+            try:
+                result = train(key, name, steps=budget, seed=seed, verbose=0, jit_compile=jit_compile,
+                               balancer_options=options_for(name, problem.num_terms, balancer_options),
+                               sampling=sampling, resample=resample, lbfgs_steps=lbfgs_steps,
+                               lbfgs_options={"verbose": 0}, callbacks=[progress] if progress else None,
+                               **overrides)
+            except Exception as error:  # a failing balancer must not stop the comparison
+                message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                record.update(status=f"failed: {message}", rel_l2=None, mse=None, seconds=None,
+                              seconds_per_1000_steps=None, traceback=traceback.format_exc(limit=3))
+                if progress:
+                    progress.finish(record["status"])
+                runs.append(record)
+                continue
+            record.update(
+                status=result.status,
+                rel_l2=result.rel_l2,
+                mse=result.mse,
+                seconds=round(result.seconds, 3),
+                seconds_per_1000_steps=round(1000.0 * result.seconds / budget, 3),
+                final_losses=result.final_losses,
+                final_weights=result.final_weights,
+                log_steps=result.log_steps,
+                rel_l2_history=result.history.get("rel_l2", []),
+            )
+            if result.lbfgs is not None:
+                record.update(rel_l2_adam=result.rel_l2_adam, mse_adam=result.mse_adam, lbfgs=result.lbfgs)
+            if progress:
+                extra = "" if result.lbfgs is None else (
+                    f" (after Adam {result.rel_l2_adam:.3e}; L-BFGS {result.lbfgs['steps']} steps, "
+                    f"{result.lbfgs['reason']})")
+                progress.finish(f"{result.status}, rel. L2 {result.rel_l2:.3e}{extra}, {result.seconds:.1f} s")
+            if name not in kept:
+                kept[name] = (result.model, result.points)
+                grid = problem.grid(101)
+                predicted = np.asarray(result.model.solution.predict_field(grid), "float64").reshape(101, 101)
+                exact = np.asarray(problem.exact(grid[:, :1].astype("float64"), grid[:, 1:].astype("float64")))
+                maps[name] = {"seed": seed, "error": np.abs(predicted - exact.reshape(101, 101)),
+                              "rel_l2": result.rel_l2}
+            result.model = None
+            runs.append(record)
+
+    timing = {}
+    if timing_repeats and kept:
+        if verbose:
+            stream.write(f"timing: {timing_repeats} interleaved chunks of {timing_steps} steps per balancer\n")
+            stream.flush()
+        models = {}
+        for name, (model, points) in kept.items():
+            models[name] = (model, iter(tf.data.Dataset.from_tensors(points).repeat()))
+        try:
+            timing = _paired_step_times(models, "sum", timing_steps, timing_repeats, seeds[0])
+        except Exception as error:  # timing is a bonus; never lose the results for it
+            if verbose:
+                stream.write(f"timing failed: {type(error).__name__}: {error}\n")
+            timing = {}
+        del models
+    kept.clear()
+
+    aggregates = _aggregate(names, runs, timing)
+    meta = {
+        "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores visible, "
+                   f"{'GPU' if tf.config.list_physical_devices('GPU') else 'no GPU'}",
+        "cpu_count": os.cpu_count(),
+        "pde": key,
+        "balancers": names,
+        "seeds": seeds,
+        "steps": budget,
+        "sampling": sampling,
+        "resample": bool(resample),
+        "lbfgs_steps": int(lbfgs_steps),
+        "xla": bool(jit_compile),
+        "timing": ({"method": "interleaved", "steps": timing_steps, "repeats": timing_repeats, "seed": seeds[0]}
+                   if timing else {"method": "run wall time"}),
+        "error_map_seed": seeds[0],
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    comparison = {"meta": meta, "runs": runs, "aggregates": aggregates, "files": []}
+    if out:
+        comparison["files"] = write_comparison(comparison, out, problem=problem, maps=maps)
+    return comparison
+
+
+def _aggregate(names, runs, timing):
+    """One row per balancer: error and MSE statistics over its finite runs, times, statuses."""
+    rows = []
+    base_wall = _finite_stats([r.get("seconds_per_1000_steps") for r in runs if r["balancer"] == "sum"])
+    for name in names:
+        mine = [r for r in runs if r["balancer"] == name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        wall = _finite_stats([r.get("seconds_per_1000_steps") for r in mine])
+        row = {
+            "balancer": name,
+            "kind": mine[0]["kind"] if mine else None,
+            "runs": len(mine),
+            "ok": len(ok),
+            "rel_l2": _finite_stats([r["rel_l2"] for r in ok]),
+            "mse": _finite_stats([r["mse"] for r in ok]),
+            "seconds_per_1000_steps": None if wall is None else wall["median"],
+            "statuses": [r["status"] for r in mine],
+        }
+        if any("rel_l2_adam" in r for r in mine):
+            row["rel_l2_adam"] = _finite_stats([r.get("rel_l2_adam") for r in ok])
+            row["mse_adam"] = _finite_stats([r.get("mse_adam") for r in ok])
+        if name in timing:
+            row["ms_per_step"] = timing[name]["ms_per_step"]
+            row["step_time_ratio"] = timing[name]["ratio"]
+        elif not timing and wall is not None and base_wall is not None:
+            row["ms_per_step"] = wall["median"]
+            row["step_time_ratio"] = wall["median"] / base_wall["median"]
+        else:
+            row["ms_per_step"] = row["step_time_ratio"] = None
+        rows.append(row)
+    return rows
+
+
+def _status_text(statuses):
+    """`ok`, or the failures with the seeds' count, e.g. `2 ok; diverged at step ~300`."""
+    bad = [s for s in statuses if s != "ok"]
+    if not bad:
+        return "ok"
+    ok = len(statuses) - len(bad)
+    return "; ".join(([f"{ok} ok"] if ok else []) + list(dict.fromkeys(bad))).replace("|", "/")
+
+
+def comparison_table(comparison):
+    """The Markdown report of `run_comparison`: a header (command, date, machine) and the table."""
+    meta, rows = comparison["meta"], comparison["aggregates"]
+    lbfgs = meta.get("lbfgs_steps", 0) > 0
+    timing = meta["timing"]
+    if timing["method"] == "interleaved":
+        how = (f"step time: the trained seed-{timing['seed']} model of each balancer, {timing['repeats']} "
+               f"chunks of {timing['steps']} compiled steps on its fixed points, interleaved in random order "
+               "in this process; ms / step is the median, the ratio the median of the per-chunk ratios "
+               "to Sum's chunk of the same repeat")
+    else:
+        how = "step time: from the runs' own wall time (median over seeds), ratio to Sum's"
+    lines = [
+        f"# {meta['pde']}: {len(meta['balancers'])} balancers x {len(meta['seeds'])} seeds",
+        "",
+        f"- command: `{meta['command'] or 'run_comparison(...)'}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- budget: {meta['steps']} Adam steps" + (f", then up to {meta['lbfgs_steps']} L-BFGS steps "
+                                                   "(frozen weights)" if lbfgs else "")
+        + f"; seeds {', '.join(str(s) for s in meta['seeds'])}; sampling {meta['sampling']}"
+        + (" (resampled every step)" if meta["resample"] else " (fixed)") + f"; XLA {'on' if meta['xla'] else 'off'}",
+        "- errors against the exact solution on a 101 x 101 grid; median [min - max] over the seeds "
+        "whose run finished (status ok)" + ("; final errors are after L-BFGS" if lbfgs else ""),
+        "- s / 1000 steps: the run's Adam wall time (XLA compilation and the error logging included), "
+        "median over seeds",
+        f"- {how}",
+        f"- total time: {meta['total_seconds']} s",
+        "",
+    ]
+    head = ["balancer", "kind", "ok / runs", "rel. L2 median [min - max]", "MSE median [min - max]"]
+    if lbfgs:
+        head.append("rel. L2 after Adam (median)")
+    head += ["s / 1000 steps", "ms / step", "step-time ratio to sum", "status"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+
+    def stats(value, fmt):
+        return "-" if value is None else f"{value['median']:{fmt}} [{value['min']:{fmt}} - {value['max']:{fmt}}]"
+
+    for row in rows:
+        cells = [row["balancer"], row["kind"] or "-", f"{row['ok']} / {row['runs']}",
+                 stats(row["rel_l2"], ".4f"), stats(row["mse"], ".3e")]
+        if lbfgs:
+            adam = row.get("rel_l2_adam")
+            cells.append("-" if adam is None else f"{adam['median']:.4f}")
+        cells += ["-" if row["seconds_per_1000_steps"] is None else f"{row['seconds_per_1000_steps']:.1f}",
+                  "-" if row["ms_per_step"] is None else f"{row['ms_per_step']:.2f}",
+                  "-" if row["step_time_ratio"] is None else f"{row['step_time_ratio']:.2f}",
+                  _status_text(row["statuses"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(comparison, out, problem=None, maps=None):
+    """Write `results.md`, `results.json`, `error_curves.png` and `error_maps.png` to `out`."""
+    import json
+    import os
+
+    from keras_balance import plotting
+
+    os.makedirs(out, exist_ok=True)
+    meta = comparison["meta"]
+    paths = []
+    path = os.path.join(out, "results.md")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(comparison_table(comparison) + "\n")
+    paths.append(path)
+    curves = {}
+    for name in meta["balancers"]:
+        mine = [r for r in comparison["runs"] if r["balancer"] == name and r.get("log_steps")]
+        if mine:
+            curves[name] = [(r["log_steps"], r["rel_l2_history"]) for r in mine]
+    if curves:
+        paths.append(plotting.plot_error_curves(
+            curves, os.path.join(out, "error_curves.png"),
+            title=f"{meta['pde']}: rel. L2 error during Adam (median over seeds, band min - max)"))
+    if maps:
+        paths.append(plotting.plot_error_maps(
+            problem, maps, os.path.join(out, "error_maps.png"),
+            title=f"{meta['pde']}: |u - u_exact| at the end, seed {meta['error_map_seed']}",
+            order=[n for n in meta["balancers"] if n in maps]))
+    path = os.path.join(out, "results.json")
+    payload = {"meta": meta, "runs": comparison["runs"], "aggregates": comparison["aggregates"]}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(_json_safe(payload), handle, indent=1)
+        handle.write("\n")
+    paths.append(path)
+    return paths
+
+
+def _json_safe(value):
+    """NaN and infinities as null (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 __all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures", "step_times",
-           "overhead", "overhead_table"]
+           "overhead", "overhead_table", "point_dataset", "run_comparison", "comparison_table",
+           "write_comparison", "balancer_names", "options_for", "RunProgress"]

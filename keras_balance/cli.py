@@ -1,14 +1,30 @@
-"""`keras-balance`: train, compare and list loss balancers from the command line.
+"""`keras-balance`: train, compare, time, plot and list loss balancers from the command line.
 
     keras-balance train helmholtz --balancer relobralo --steps 5000 --out runs/ --json run.json
-    keras-balance compare helmholtz --balancers sum,relobralo --seeds 0,1,2
+    keras-balance train kirchhoff --sampling sobol --resample --lbfgs-steps 500
+    keras-balance compare helmholtz --balancers all --seeds 3 --out results/helmholtz
+    keras-balance compare kirchhoff --balancers sum,relobralo,mgda --seeds 0,1,2 --steps 2000
     keras-balance speed helmholtz --balancers sum,relobralo
+    keras-balance bench overhead --ks 2,3,5
+    keras-balance plot run.csv --out figures/
     keras-balance list
+
+`train` runs one balancer on one PDE and prints the final terms, weights and
+error. `compare` runs several balancers on the same seeds, points and budget
+(Sum always included as the baseline) and writes `results.md` (a Markdown
+table: median and range of the error over seeds, wall time, step-time ratio to
+Sum), `results.json` (one record per run and the aggregates) and two figures
+(error over steps, final error maps); a balancer that fails or diverges is
+reported as such and the comparison goes on. Both take `--sampling
+uniform|sobol|halton`, `--resample` (fresh points every step) and
+`--lbfgs-steps N` (L-BFGS with frozen weights after Adam). `plot` draws the
+loss-term and weight figures from a history CSV.
 """
 
 import argparse
 import json
 import os
+import shlex
 import sys
 
 
@@ -29,6 +45,39 @@ def _positive_float(text):
         raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def _seed_list(text):
+    """`--seeds`: a count N (seeds 0..N-1) or a comma-separated list (`0,1,2`; `7,` is seed 7 alone)."""
+    text = text.strip()
+    if "," not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seeds (e.g. 3) or comma-separated seeds (e.g. 0,1,2), received {text!r}"
+            ) from None
+        if count < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive number of seeds, received {text!r} (for seed {count} alone write '{count},')"
+            )
+        return list(range(count))
+    seeds = _int_list(text)
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected at least one seed, received {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, received {text!r}")
+    return seeds
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
     return value
 
 
@@ -61,6 +110,14 @@ def _add_training_options(parser):
     parser.add_argument("--options", type=_json_object, default=None, metavar="JSON",
                         help="balancer constructor arguments as a JSON object, "
                              "e.g. '{\"temperature\": 1.0}' or '{\"prior_losses\": [100, 1]}'")
+    parser.add_argument("--sampling", choices=["uniform", "sobol", "halton"], default="uniform",
+                        help="collocation points: uniform random (default), or the Sobol or Halton "
+                             "low-discrepancy sequence (seeded random shift)")
+    parser.add_argument("--resample", action="store_true",
+                        help="a fresh set of collocation points every step (default: one fixed set)")
+    parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=0, metavar="N",
+                        help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
+                             "balancer's last weights frozen (default 0: none)")
 
 
 def build_parser():
@@ -77,11 +134,26 @@ def build_parser():
     train.add_argument("--out", metavar="DIR", default=None,
                        help="write the figures (loss terms, weights, solution, error map) to DIR")
 
-    compare = sub.add_parser("compare", help="train several balancers with the same seeds and budget")
+    compare = sub.add_parser(
+        "compare", help="train several balancers with the same seeds, points and budget",
+        description="Train every balancer on every seed with the same collocation points and budget "
+                    "(Sum always runs, as the baseline), then print the table and, with --out, write "
+                    "results.md, results.json, error_curves.png and error_maps.png. A failing or "
+                    "diverging balancer is reported with its status; the others go on.")
     _add_training_options(compare)
-    compare.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
-    compare.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
-    compare.add_argument("--out", metavar="DIR", default=None, help="write results.md to DIR")
+    compare.add_argument("--balancers", default="sum,relobralo",
+                         help="comma-separated balancer names, or 'all' for every registered balancer "
+                              "(default sum,relobralo)")
+    compare.add_argument("--seeds", type=_seed_list, default=[0], metavar="N|LIST",
+                         help="a number N runs seeds 0..N-1 (e.g. '3' is 0,1,2); a comma-separated list "
+                              "runs those seeds (e.g. '0,1,2'; '7,' is seed 7 alone). Default: seed 0")
+    compare.add_argument("--out", metavar="DIR", default=None,
+                         help="write results.md, results.json and the figures to DIR")
+    compare.add_argument("--timing-steps", type=_positive_int, default=50,
+                         help="steps per timed chunk of the step-time ratio (default 50)")
+    compare.add_argument("--timing-repeats", type=_non_negative_int, default=5,
+                         help="timed chunks per balancer, interleaved (default 5; 0: ratio from the "
+                              "runs' wall time)")
 
     speed = sub.add_parser("speed", help="median time per training step, as a ratio to a baseline")
     speed.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem")
@@ -104,6 +176,11 @@ def build_parser():
     over.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per model (default 5)")
     over.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
     over.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+
+    plot = sub.add_parser("plot", help="draw the loss-term and weight figures from a history CSV")
+    plot.add_argument("csv", help="a history CSV: first column epoch or step, then N and w_N per term N")
+    plot.add_argument("--out", metavar="DIR", default=".", help="where to write the PNG files (default .)")
+    plot.add_argument("--title", default=None, help="figure title (default: the file name)")
 
     sub.add_parser("list", help="list the balancers with their kind and a summary")
     return parser
@@ -141,8 +218,16 @@ def _print_run(result, out=None):
     for name in result.term_names:
         print(f"  {name.ljust(width)}  {result.final_losses[name]:12.4e}  "
               f"{result.final_weights[name]:10.4f}", file=out)
+    if result.lbfgs is not None:
+        lbfgs = result.lbfgs
+        print(f"  after Adam:        relative L2 error {result.rel_l2_adam:.4e}, MSE {result.mse_adam:.4e}",
+              file=out)
+        print(f"  L-BFGS:            {lbfgs['steps']} steps, loss {lbfgs['initial_loss']:.4e} -> "
+              f"{lbfgs['final_loss']:.4e} ({lbfgs['reason']}, {lbfgs['seconds']:.1f} s)", file=out)
     print(f"  relative L2 error: {result.rel_l2:.4e}", file=out)
     print(f"  MSE:               {result.mse:.4e}", file=out)
+    if result.status != "ok":
+        print(f"  status:            {result.status}", file=out)
 
 
 def cmd_train(args):
@@ -158,6 +243,9 @@ def cmd_train(args):
         learning_rate=args.learning_rate,
         jit_compile=not args.no_jit,
         verbose=0 if args.quiet else 1,
+        sampling=args.sampling,
+        resample=args.resample,
+        lbfgs_steps=args.lbfgs_steps,
     )
     _print_run(result)
     if args.out:
@@ -171,33 +259,38 @@ def cmd_train(args):
 
 def cmd_compare(args):
     from keras_balance import bench
+    from keras_balance import pde as pde_lib
 
-    names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    try:
+        names = bench.balancer_names(args.balancers)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
+    num_terms = pde_lib.get(args.pde).num_terms
     for name in names:
-        _check_balancer(name, args.options)
-    if not args.seeds:
-        raise SystemExit("keras-balance: error: --seeds needs at least one seed")
-    results = bench.compare(
+        _check_balancer(name, bench.options_for(name, num_terms, args.options))
+    command = "keras-balance " + shlex.join(sys.argv[1:]) if args.command_line is None else args.command_line
+    comparison = bench.run_comparison(
         args.pde,
         names,
         seeds=args.seeds,
-        balancer_options=args.options,
         steps=args.steps,
-        learning_rate=args.learning_rate,
+        out=args.out,
+        sampling=args.sampling,
+        resample=args.resample,
+        lbfgs_steps=args.lbfgs_steps,
+        balancer_options=args.options,
+        timing_steps=args.timing_steps,
+        timing_repeats=args.timing_repeats,
         jit_compile=not args.no_jit,
         verbose=0 if args.quiet else 1,
+        command=command,
+        **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
     )
-    table = bench.results_table(results)
-    print()
-    print(table)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "results.md")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(table + "\n")
-        print(f"\ntable: {path}")
+    print(bench.comparison_table(comparison))
+    for path in comparison["files"]:
+        print(f"wrote {path}")
     if args.json:
-        _write_json(args.json, [r.summary() for r in results])
+        _write_json(args.json, bench._json_safe(comparison["runs"]))
     return 0
 
 
@@ -245,6 +338,28 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_plot(args):
+    from keras_balance import plotting
+
+    try:
+        steps, history, terms, step_name = plotting.read_history_csv(args.csv)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"keras-balance: error: {error}") from None
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(args.csv))[0]
+    title = args.title or stem
+    paths = [
+        plotting.plot_losses(steps, history, terms, os.path.join(args.out, f"{stem}_losses.png"),
+                             title=title, xlabel=step_name),
+        plotting.plot_weights(steps, history, terms, os.path.join(args.out, f"{stem}_weights.png"),
+                              title=title, xlabel=step_name),
+    ]
+    print(f"{args.csv}: {len(steps)} rows, terms {', '.join(terms)}")
+    for path in paths:
+        print(f"  figure: {path}")
+    return 0
+
+
 def cmd_list(args):
     from keras_balance import balancers
 
@@ -257,8 +372,10 @@ def cmd_list(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # The command line stated in results.md: the real one, or the argv given to main().
+    args.command_line = None if argv is None else "keras-balance " + shlex.join(argv)
     handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "bench": cmd_bench,
-                "list": cmd_list}
+                "plot": cmd_plot, "list": cmd_list}
     return handlers[args.command](args)
 
 

@@ -98,9 +98,6 @@ class BalancedLoss(keras.losses.Loss):
                 "optimizer. Use `keras_balance.BalancedModel` (or `PINNModel`), which "
                 "trains them with the model."
             )
-        self._term_losses = keras.Variable(
-            tf.zeros(len(self.term_names)), trainable=False, name="term_losses"
-        )
 
     @property
     def num_terms(self):
@@ -132,8 +129,7 @@ class BalancedLoss(keras.losses.Loss):
         # same weights on every replica) and each replica returns its share
         # of the objective, since the replicas' gradients are summed.
         values = distribute.globalize(self.term_values(y_true, y_pred))
-        total, _ = self.balancer.combine(values)
-        self._term_losses.assign(tf.stop_gradient(values))
+        total, _ = self.balancer.combine(values)  # records the values in `balancer.term_losses`
         return distribute.scale(total)
 
     @property
@@ -144,7 +140,7 @@ class BalancedLoss(keras.losses.Loss):
     @property
     def term_losses(self):
         """The K unweighted losses of the latest step, as a NumPy array."""
-        return keras.ops.convert_to_numpy(self._term_losses)
+        return keras.ops.convert_to_numpy(self.balancer.term_losses)
 
     def latest(self):
         """`{"L_f": ..., "w_L_f": ..., ...}` for the latest step."""

@@ -1,6 +1,7 @@
 """BalancedModel: a keras.Model whose training step balances K loss terms."""
 
 import functools
+import weakref
 
 import keras
 import numpy as np
@@ -195,6 +196,18 @@ class BalancedModel(keras.Model):
         balancer = balancers_lib.get(balancer)
         if balancer.kind not in (balancers_lib.LOSS_LEVEL, balancers_lib.GRADIENT_LEVEL):
             raise TypeError(f"Argument `balancer` has an unknown kind {balancer.kind!r}.")
+        owner = balancer.__dict__.get("_owner")
+        owner = owner() if owner is not None else None
+        if owner is not None and owner is not self:
+            # Two models would advance one state (initial losses, running
+            # weights, step counts) with each other's losses.
+            raise ValueError(
+                f"Argument `balancer`: the balancer {balancer.name!r} already balances the model "
+                f"{owner.name!r}; a balancer holds the state of one training run. Give this model its "
+                "own: the balancer's name (`balancer=\"relobralo\"`) or a copy, "
+                "`type(balancer).from_config(balancer.get_config())`."
+            )
+        balancer.__dict__["_owner"] = weakref.ref(self)
         # Keras locks the state of a built (e.g. functional) model; the balancer
         # and the term metrics are state the model owns, so add them explicitly.
         locked = self._tracker.locked
@@ -373,7 +386,9 @@ class BalancedModel(keras.Model):
 
             callbacks = list(callbacks or [])
             if not any(isinstance(c, BalancerEpochEnd) for c in callbacks):
-                callbacks.append(BalancerEpochEnd(self))
+                # First, so that checkpoints written at the epoch's end
+                # (BackupAndRestore, ModelCheckpoint) hold the updated state.
+                callbacks.insert(0, BalancerEpochEnd(self))
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     @property
@@ -436,8 +451,38 @@ class BalancedModel(keras.Model):
             # The optimizer sums the replicas' gradients: each holds 1/replicas.
             objective = self.optimizer.scale_loss(distribute.scale(total + regularization))
         grads = tape.gradient(objective, variables)
-        self.optimizer.apply(grads, variables)
+        self._apply_if_finite(grads, variables, tf.stop_gradient(terms))
         return self._record(total + regularization, tf.stop_gradient(terms), weights, y, y_pred, sample_weight)
+
+    def _apply_if_finite(self, grads, variables, terms):
+        """Apply the update, or skip it when a loss term is NaN or infinite.
+
+        A skipped step leaves the parameters, the optimizer's state and its
+        `iterations` as they were (applying zero gradients instead would
+        still move the parameters through Adam's momentum); the balancer has
+        kept its own state under its NaN policy. Every replica sees the same
+        (global) terms, so all replicas skip together.
+        """
+        finite = tf.reduce_all(tf.math.is_finite(terms))
+        grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, apply, lambda: None)
+            return
+
+        def cross_replica(distribution, finite, grads):
+            # The optimizer's update calls `merge_call`, which a `tf.cond`
+            # in a replica context cannot hold: decide in the cross-replica
+            # context, as Keras' LossScaleOptimizer does.
+            def apply_on_replicas():
+                distribution.extended.call_for_each_replica(self.optimizer.apply, args=(grads, variables))
+
+            tf.cond(distribution.experimental_local_results(finite)[0], apply_on_replicas, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -549,7 +594,8 @@ class BalancedModel(keras.Model):
         # gradients were averaged over replicas) or its share of it (held
         # weights, features); the optimizer sums them: each holds 1/replicas.
         grads = [distribute.scale(tf.cast(g, v.dtype)) for g, v in zip(grads, variables)]
-        self.optimizer.apply(grads, variables)
+        self._apply_if_finite(grads, variables, terms)
+        self.balancer.record_losses(terms)
         total = tf.reduce_sum(weights * terms)
         return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
 
@@ -586,7 +632,7 @@ class BalancedModel(keras.Model):
             variables = self.trainable_variables
             regularization = self._regularization_loss()
             if not per_term:
-                weights = tf.stop_gradient(self.balancer.hold())
+                weights = tf.stop_gradient(self.balancer.hold(tf.stop_gradient(terms)))
                 objective = self.optimizer.scale_loss(tf.reduce_sum(weights * terms) + regularization)
         # The balancer's losses and the logged terms: the global batch's.
         losses = distribute.replica_mean(tf.stop_gradient(terms))
@@ -613,7 +659,7 @@ class BalancedModel(keras.Model):
         return tf.cond(
             self.balancer.needs_jacobian(),
             lambda: self.balancer.weigh(jacobian, losses),
-            lambda: tf.cast(self.balancer.hold(), jacobian.dtype),
+            lambda: tf.cast(self.balancer.hold(losses), jacobian.dtype),
         )
 
     def _loss_scale(self):

@@ -140,6 +140,24 @@ class Balancer(keras.layers.Layer):
             trainable=False,
             name="term_weights",
         )
+        # The K losses of the latest step as received (NaN included), for
+        # logging (`keras_balance.callbacks.BalanceHistory`).
+        self.term_losses = self.add_weight(
+            shape=(num_terms,), initializer="zeros", trainable=False, name="term_losses"
+        )
+
+    def _bookkeeping(self):
+        return [v for v in (getattr(self, "term_weights", None), getattr(self, "term_losses", None)) if v is not None]
+
+    @property
+    def state_variables(self):
+        """The variables the method's own update changes (all but the bookkeeping)."""
+        bookkeeping = self._bookkeeping()
+        return [v for v in self.non_trainable_variables if not any(v is b for b in bookkeeping)]
+
+    def record_losses(self, losses):
+        """Keep `losses` (shape (K,)) as the latest step's, for logging."""
+        self.term_losses.assign(tf.cast(tf.reshape(losses, [-1]), self.term_losses.dtype))
 
     def initial_weights(self, num_terms):
         """The weights before the first step (and after a NaN on the first step)."""
@@ -222,14 +240,8 @@ class LossBalancer(Balancer):
             var.assign(tf.where(finite, var.value, old))
         weights = tf.where(finite, weights, self.term_weights.value)
         self.term_weights.assign(weights)
+        self.record_losses(losses)
         return weights
-
-    @property
-    def state_variables(self):
-        """The variables `compute_weights` updates (all but the bookkeeping)."""
-        return [
-            v for v in self.non_trainable_variables if v is not self.term_weights
-        ]
 
     def compute_weights(self, losses):
         """Return K weights for `losses` (shape (K,)) and update the state."""
@@ -296,6 +308,9 @@ class GradientBalancer(Balancer):
     kind = GRADIENT_LEVEL
     weights_all_parameters = False
 
+    def _bookkeeping(self):
+        return super()._bookkeeping() + [v for v in (getattr(self, "step", None),) if v is not None]
+
     def _build_bookkeeping(self, num_terms):
         super()._build_bookkeeping(num_terms)
         # Number of completed (finite) weighting steps; seeds random draws.
@@ -303,14 +318,6 @@ class GradientBalancer(Balancer):
             shape=(), initializer="zeros", dtype="int64", trainable=False, name="step"
         )
 
-    @property
-    def state_variables(self):
-        """The variables `compute_weights` updates (all but the bookkeeping)."""
-        return [
-            v
-            for v in self.non_trainable_variables
-            if v is not self.term_weights and v is not self.step
-        ]
 
     # -- the contract ----------------------------------------------------------
 
@@ -352,6 +359,8 @@ class GradientBalancer(Balancer):
         previous = tf.cast(self.term_weights.value, jacobian.dtype)
         weights = tf.where(finite, weights, previous)
         self.term_weights.assign(tf.cast(weights, self.term_weights.dtype))
+        if losses is not None:
+            self.record_losses(losses)
         self.step.assign_add(tf.cast(finite, "int64"))
         return weights, jacobian, finite
 
@@ -391,9 +400,14 @@ class GradientBalancer(Balancer):
         """
         return tf.constant(True)
 
-    def hold(self):
-        """Advance `step` without new gradients and return the held weights."""
-        self.step.assign_add(1)
+    def hold(self, losses=None):
+        """Advance `step` without new gradients and return the held weights.
+
+        With `losses`, a step whose losses are not all finite is not counted
+        (the NaN policy: such a step leaves the state as it was).
+        """
+        finite = tf.constant(True) if losses is None else tf.reduce_all(tf.math.is_finite(losses))
+        self.step.assign_add(tf.cast(finite, "int64"))
         return self.term_weights.value
 
     @property

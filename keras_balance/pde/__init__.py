@@ -1,6 +1,6 @@
 """PDE problems: term names, collocation sampling, `compute_loss`, exact solutions."""
 
-from keras_balance.pde.base import PDE
+from keras_balance.pde.base import PDE, SAMPLING_METHODS
 from keras_balance.pde.helmholtz import HelmholtzPDE
 from keras_balance.pde.kirchhoff import KirchhoffPDE
 
@@ -17,4 +17,4 @@ def get(name, **kwargs):
     return PROBLEMS[key](**kwargs)
 
 
-__all__ = ["PDE", "HelmholtzPDE", "KirchhoffPDE", "PROBLEMS", "get"]
+__all__ = ["PDE", "SAMPLING_METHODS", "HelmholtzPDE", "KirchhoffPDE", "PROBLEMS", "get"]

@@ -9,6 +9,23 @@ import tensorflow as tf
 
 EDGES = ("left", "right", "bottom", "top")
 
+#: Collocation sampling methods of `PDE.sample`.
+SAMPLING_METHODS = ("uniform", "sobol", "halton")
+
+
+def _sequence(method, dim, count, skip):
+    """Points `skip` to `skip + count - 1` of a `dim`-D low-discrepancy sequence, float64 (count, dim)."""
+    if count == 0:
+        return np.zeros((0, dim))
+    if method == "sobol":
+        return tf.math.sobol_sample(dim, count, skip=skip, dtype=tf.float64).numpy()
+    import tensorflow_probability as tfp
+
+    indices = tf.range(skip, skip + count, dtype=tf.int64)
+    return tfp.mcmc.sample_halton_sequence(
+        dim, sequence_indices=indices, dtype=tf.float64, randomized=False
+    ).numpy()
+
 
 def sin(values):
     """`sin` of a tensor (as a tensor) or of an array (as an array)."""
@@ -93,9 +110,35 @@ class PDE(abc.ABC):
 
         return {"left": near(x, x0), "right": near(x, x1), "bottom": near(y, y0), "top": near(y, y1)}
 
-    def sample(self, n_interior=1024, n_boundary=256, seed=None):
-        """Uniform random collocation points: `n_interior` inside the domain and
-        `n_boundary` on its edges (split evenly over the four edges).
+    def sample(self, n_interior=1024, n_boundary=256, seed=None, method="uniform", step=None):
+        """Collocation points: `n_interior` inside the domain and `n_boundary`
+        on its edges (split evenly over the four edges, left, right, bottom,
+        top; the first `n_boundary % 4` edges get one more).
+
+        Methods:
+
+        - `"uniform"`: independent uniform points from `np.random.default_rng(seed)`
+          (interior, then each edge).
+        - `"sobol"`: the 2-D Sobol sequence (`tf.math.sobol_sample`, which
+          starts after the origin) for the interior and its first coordinate,
+          the base-2 van der Corput sequence, along each edge.
+        - `"halton"`: the 2-D Halton sequence (bases 2 and 3,
+          `tfp.mcmc.sample_halton_sequence`) for the interior and its base-2
+          coordinate along each edge.
+
+        A low-discrepancy set with a `seed` is shifted by a seeded random
+        vector modulo 1 (the Cranley-Patterson rotation: R. Cranley and T. N. L.
+        Patterson, SIAM J. Numer. Anal. 13, 1976), one 2-D shift for the
+        interior and one 1-D shift per edge, so that seeds give different sets
+        of the same quality; without a seed the sequences are used as they are.
+
+        `step` selects one set of a resampled sequence, a fresh set per
+        training step. `None` is the fixed set. For `"uniform"` step k draws
+        from `np.random.default_rng([seed, k])`; for `"sobol"` and `"halton"`
+        step k takes the next points of the sequence, indices `k * n` to
+        `(k + 1) * n - 1` (interior and each edge separately), with the same
+        shift, so step 0 equals the fixed set and consecutive steps never
+        repeat a point.
 
         Returns a float32 array of shape (n_interior + n_boundary, 2) holding
         (x, y) rows: interior points first, then the boundary points.
@@ -107,18 +150,50 @@ class PDE(abc.ABC):
                 )
         if n_interior + n_boundary == 0:
             raise ValueError("At least one collocation point is needed; received n_interior=0 and n_boundary=0.")
-        rng = np.random.default_rng(seed)
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"Argument `method` must be one of {SAMPLING_METHODS}; received method={method!r}.")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
+            raise ValueError(f"Argument `step` must be None or a non-negative integer; received step={step!r}.")
+        counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
+        if method == "uniform":
+            # Exactly the draws of the original sampler: x, y of the interior, then each edge.
+            rng = np.random.default_rng(seed if step is None or seed is None else [int(seed), int(step)])
+            unit_interior = unit_edges = None
+        else:
+            rng = None
+            unit_interior, unit_edges = self._low_discrepancy(method, n_interior, counts, seed, step or 0)
+        return self._place(rng, unit_interior, unit_edges, n_interior, counts)
+
+    def _low_discrepancy(self, method, n_interior, counts, seed, step):
+        """Unit-square interior points and unit-interval edge parameters of a sequence."""
+        shift_rng = np.random.default_rng(seed) if seed is not None else None
+        interior_shift = shift_rng.uniform(0.0, 1.0, 2) if shift_rng is not None else np.zeros(2)
+        edge_shifts = shift_rng.uniform(0.0, 1.0, 4) if shift_rng is not None else np.zeros(4)
+        interior = np.mod(_sequence(method, 2, n_interior, step * n_interior) + interior_shift, 1.0)
+        edges = [
+            np.mod(_sequence(method, 1, count, step * count)[:, 0] + shift, 1.0)
+            for count, shift in zip(counts, edge_shifts)
+        ]
+        return interior, edges
+
+    def _place(self, rng, unit_interior, unit_edges, n_interior, counts):
+        """Map unit-square / unit-interval values (or fresh uniform draws) onto the domain."""
         (x0, x1), (y0, y1) = self.domain
         # Keep interior points clear of the edges' detection band.
         margin = 2.0 * self.boundary_tolerance
-        interior = np.column_stack(
-            [rng.uniform(x0 + margin, x1 - margin, n_interior),
-             rng.uniform(y0 + margin, y1 - margin, n_interior)]
-        )
-        counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
+        if rng is not None:
+            interior = np.column_stack(
+                [rng.uniform(x0 + margin, x1 - margin, n_interior),
+                 rng.uniform(y0 + margin, y1 - margin, n_interior)]
+            )
+        else:
+            interior = np.column_stack(
+                [x0 + margin + unit_interior[:, 0] * (x1 - x0 - 2 * margin),
+                 y0 + margin + unit_interior[:, 1] * (y1 - y0 - 2 * margin)]
+            )
         edges = []
-        for edge, count in zip(EDGES, counts):
-            t = rng.uniform(0.0, 1.0, count)
+        for i, (edge, count) in enumerate(zip(EDGES, counts)):
+            t = rng.uniform(0.0, 1.0, count) if rng is not None else unit_edges[i]
             xs = x0 + t * (x1 - x0)
             ys = y0 + t * (y1 - y0)
             fixed = {"left": (np.full(count, x0), ys), "right": (np.full(count, x1), ys),

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_balance import balancers as balancers_lib
 from keras_balance.models import BalancedModel
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
 from keras_balance.pinn.networks import mlp
@@ -67,6 +68,8 @@ class PINN(keras.Model):
         self.output_scale = float(output_scale)
         self._center = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
         self._half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
+        if network.built:
+            self.build((None, 2))
 
     def field(self, x, y, training=False):
         """The network's field at physical coordinates `x`, `y` of shape (N, 1)."""
@@ -87,11 +90,16 @@ class PINN(keras.Model):
             raise ValueError(
                 f"{self.name} expects coordinates of shape (N, 2); received shape {tuple(inputs.shape)}."
             )
+        # Coordinates, field and derivatives in the variables' dtype: float64
+        # under a float64 policy, float32 under a mixed one (the network
+        # itself may compute in 16 bits).
+        dtype = self.network.variable_dtype
+        inputs = tf.cast(inputs, dtype)
         x, y = inputs[:, :1], inputs[:, 1:2]
         values = partial_derivatives(
-            lambda a, b: self.field(a, b, training=training), x, y, self.orders
+            lambda a, b: tf.cast(self.field(a, b, training=training), dtype), x, y, self.orders
         )
-        return {name: values[order] for name, order in zip(self.derivative_names, self.orders)}
+        return {name: tf.cast(values[order], dtype) for name, order in zip(self.derivative_names, self.orders)}
 
     def call(self, inputs, training=False):
         fields = self.fields(inputs, training=training)
@@ -100,9 +108,15 @@ class PINN(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.orders))
 
+    def build(self, input_shape):
+        # The variables are the (functional, already built) network's.
+        if not self.network.built:
+            self.network.build((input_shape[0], 2))
+        self.built = True
+
     def predict_field(self, points, batch_size=4096):
         """The field alone (no derivatives) at an (M, 2) array of points, as NumPy."""
-        points = tf.convert_to_tensor(points, dtype=self.compute_dtype)
+        points = tf.convert_to_tensor(points, dtype=self.network.variable_dtype)
         outputs = [
             self.field(points[i : i + batch_size, :1], points[i : i + batch_size, 1:2])
             for i in range(0, int(points.shape[0]), batch_size)
@@ -138,6 +152,7 @@ def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scal
     return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, name="pinn")
 
 
+@keras.saving.register_keras_serializable(package="keras_balance")
 class PINNModel(BalancedModel):
     """A `BalancedModel` that trains a `PINN` on the terms of a PDE.
 
@@ -154,9 +169,38 @@ class PINNModel(BalancedModel):
         super().__init__(balancer=balancer, term_names=pde.term_names, **kwargs)
         self.pde = pde
         self.solution = build_pinn(pde) if solution is None else solution
+        if isinstance(self.solution, PINN) and self.solution.network.built:
+            # Ready to save, restore (BackupAndRestore) and train as it is.
+            self.build((None, 2))
+
+    def build(self, input_shape):
+        # Built models save and reload their optimizer state with them.
+        if not self.solution.built:
+            self.solution.build(input_shape)
+        self.built = True
 
     def call(self, inputs, training=False):
         return self.solution(inputs, training=training)
+
+    def get_config(self):
+        from keras_balance.losses import _pde_config
+
+        config = super().get_config()
+        config.pop("term_names", None)  # the PDE's
+        config["pde"] = _pde_config(self.pde)
+        config["solution"] = keras.saving.serialize_keras_object(self.solution)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from keras_balance.losses import _pde_from_config
+
+        config = dict(config)
+        pde = _pde_from_config(config.pop("pde"))
+        solution = keras.saving.deserialize_keras_object(config.pop("solution"), custom_objects=custom_objects)
+        balancer = config.pop("balancer", "sum")
+        config.pop("term_names", None)
+        return cls(pde, solution, balancer=balancers_lib.get(balancer), **config)
 
     def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
         x = tf.convert_to_tensor(x)
@@ -172,6 +216,10 @@ class PINNModel(BalancedModel):
         gradient then costs a first-order backward pass.
         """
         x = tf.convert_to_tensor(x)
+        if not self.built:
+            # The fields bypass `__call__`, which would mark the models built
+            # (a built model saves and restores its optimizer state).
+            self.build(tuple(x.shape))
         if not isinstance(self.solution, PINN) or list(self.solution.derivative_names) != list(self.pde.derivatives):
             return super().forward_terms(x, y, sample_weight, training)
         fields = self.solution.fields(x, training=training)

@@ -61,10 +61,10 @@ def test_a_non_finite_step_does_not_poison_the_state(name, bad):
     for i, losses in enumerate(sequence):
         if i == 2:
             before = np.asarray(dirty.term_weights).copy()
-            state = [np.asarray(v).copy() for v in dirty.non_trainable_variables]
+            state = [np.asarray(v).copy() for v in dirty.non_trainable_variables if v is not dirty.term_losses]
             weights = np.asarray(dirty(tf.constant([losses[0], bad, losses[2]], "float32")))
             np.testing.assert_array_equal(weights, before)
-            for old, var in zip(state, dirty.non_trainable_variables):
+            for old, var in zip(state, [v for v in dirty.non_trainable_variables if v is not dirty.term_losses]):
                 np.testing.assert_array_equal(np.asarray(var), old)
         a = np.asarray(clean(tf.constant(losses, "float32")))
         b = np.asarray(dirty(tf.constant(losses, "float32")))

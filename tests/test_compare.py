@@ -1,0 +1,107 @@
+"""`keras-balance compare`: same seeds and budget for every balancer, the report and its files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keras_balance import balancers, bench, cli
+
+TINY = {"n_interior": 32, "n_boundary": 8, "width": 8, "depth": 2}
+
+
+def test_seeds_count_or_list():
+    assert cli._seed_list("3") == [0, 1, 2]
+    assert cli._seed_list("0,1,2") == [0, 1, 2]
+    assert cli._seed_list("7,") == [7]
+    assert cli._seed_list("4,9") == [4, 9]
+    for bad in ("0", "-2", "a", "1,1", ","):
+        with pytest.raises(Exception, match="seed"):
+            cli._seed_list(bad)
+
+
+def test_balancer_names_and_options():
+    assert bench.balancer_names("all") == list(balancers.available())
+    assert bench.balancer_names("Sum, relobralo,sum") == ["sum", "relobralo"]
+    with pytest.raises(ValueError, match="relobralow"):
+        bench.balancer_names("relobralow")
+    assert bench.options_for("prior_loss", 3) == {"prior_losses": [1.0, 1.0, 1.0]}
+    assert bench.options_for("relobralo", 2) is None
+    assert bench.options_for("relobralo", 2, {"temperature": 1.0}) == {"temperature": 1.0}
+    per_name = {"relobralo": {"temperature": 2.0}, "prior_loss": {"prior_losses": [5.0, 1.0]}}
+    assert bench.options_for("relobralo", 2, per_name) == {"temperature": 2.0}
+    assert bench.options_for("prior_loss", 2, per_name) == {"prior_losses": [5.0, 1.0]}
+    assert bench.options_for("sum", 2, per_name) is None
+
+
+def test_comparison_writes_table_json_and_figures(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "helmholtz", "--balancers", "relobralo,mgda", "--seeds", "2", "--steps", "2",
+            "--no-jit", "--out", str(out), "--timing-steps", "2", "--timing-repeats", "2",
+            "--json", str(tmp_path / "runs.json")]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "[1/6] sum seed 0" in captured.err and "[6/6] mgda seed 1" in captured.err  # progress
+    assert {p.name for p in out.iterdir()} == {"results.md", "results.json", "error_curves.png", "error_maps.png"}
+    for name in ("error_curves.png", "error_maps.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    assert "keras-balance compare helmholtz --balancers relobralo,mgda --seeds 2" in table
+    assert "CPU cores visible" in table and "date:" in table and "interleaved" in table
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "balancer" not in line]
+    assert [r[0].strip() for r in rows] == ["sum", "relobralo", "mgda"]  # Sum first, as the baseline
+    assert all(r[2].strip() == "2 / 2" for r in rows) and all(r[-1].strip() == "ok" for r in rows)
+    assert float(rows[0][-2]) == 1.0 and float(rows[2][-2]) > 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["seeds"] == [0, 1] and data["meta"]["steps"] == 2
+    runs = data["runs"]
+    assert sorted((r["balancer"], r["seed"]) for r in runs) == sorted(
+        (b, s) for b in ("sum", "relobralo", "mgda") for s in (0, 1))
+    for run in runs:
+        assert {"balancer", "seed", "steps", "rel_l2", "mse", "seconds_per_1000_steps", "status"} <= set(run)
+        assert run["status"] == "ok" and run["steps"] == 2 and run["rel_l2"] > 0
+    aggregate = {a["balancer"]: a for a in data["aggregates"]}
+    mgda = [r["rel_l2"] for r in runs if r["balancer"] == "mgda"]
+    assert aggregate["mgda"]["rel_l2"]["median"] == pytest.approx(np.median(mgda))
+    assert aggregate["mgda"]["rel_l2"]["min"] == pytest.approx(min(mgda))
+    assert aggregate["sum"]["step_time_ratio"] == 1.0
+    assert len(json.loads((tmp_path / "runs.json").read_text())) == 6
+
+
+def test_failed_and_diverged_runs_are_reported_not_dropped(tmp_path):
+    comparison = bench.run_comparison(
+        "helmholtz", ["relobralo"], seeds=[0], steps=3, out=str(tmp_path), verbose=0, timing_repeats=0,
+        jit_compile=False, balancer_options={"sum": {"weights": [1e38, 1e38]}, "relobralo": {"temperature": -1.0}},
+        **TINY)
+    status = {r["balancer"]: r["status"] for r in comparison["runs"]}
+    assert status["sum"].startswith("diverged at step ~")
+    assert status["relobralo"].startswith("failed: ValueError") and "temperature" in status["relobralo"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| sum |" in table and "diverged at step ~" in table
+    assert "| relobralo |" in table and "failed: ValueError" in table
+    data = json.loads((tmp_path / "results.json").read_text())  # strict JSON: NaN written as null
+    assert {r["balancer"]: r["rel_l2"] for r in data["runs"]}["relobralo"] is None
+    assert {a["balancer"]: a["ok"] for a in data["aggregates"]} == {"sum": 0, "relobralo": 0}
+
+
+def test_comparison_with_lbfgs_reports_both_errors(tmp_path):
+    comparison = bench.run_comparison("helmholtz", ["sum"], seeds=[0], steps=3, out=None, verbose=0,
+                                      timing_repeats=0, jit_compile=False, lbfgs_steps=3, **TINY)
+    run = comparison["runs"][0]
+    assert run["lbfgs"]["steps"] <= 3 and np.isfinite(run["rel_l2_adam"])
+    assert "after Adam" in bench.comparison_table(comparison)
+    assert comparison["files"] == []
+
+
+def test_compare_rejects_unknown_balancers():
+    with pytest.raises(SystemExit, match="relobralow"):
+        cli.main(["compare", "helmholtz", "--balancers", "sum,relobralow"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pde", ["helmholtz", "kirchhoff"])
+def test_every_balancer_runs_in_a_comparison(pde, tmp_path):
+    comparison = bench.run_comparison(pde, "all", seeds=[0], steps=3, out=str(tmp_path), verbose=0,
+                                      timing_steps=2, timing_repeats=1, jit_compile=False, **TINY)
+    assert {r["balancer"] for r in comparison["runs"]} == set(balancers.available())
+    assert all(r["status"] == "ok" for r in comparison["runs"]), [r["status"] for r in comparison["runs"]]

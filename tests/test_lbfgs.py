@@ -1,0 +1,116 @@
+"""L-BFGS fine-tuning with frozen balancer weights."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_balance as kb
+from keras_balance import bench, lbfgs
+
+
+class Quadratic(kb.BalancedModel):
+    """Two quadratic terms of one kernel: a = |k - 1|^2, b = |k + 2|^2 (+ a NaN switch)."""
+
+    term_names = ("a", "b")
+
+    def __init__(self, nan_after=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+        self.nan_after = nan_after
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    def call(self, x, training=False):
+        return self.dense(x)
+
+    def compute_loss_terms(self, x, y, y_pred, sample_weight=None, training=True):
+        kernel = self.dense.kernel
+        a = tf.reduce_sum(tf.square(kernel - 1.0)) + 0.0 * tf.reduce_sum(y_pred)
+        b = tf.reduce_sum(tf.square(kernel + 2.0))
+        if self.nan_after is not None:
+            self.calls.assign_add(1.0)
+            a = tf.where(self.calls > self.nan_after, tf.constant(np.nan, a.dtype), a)
+        return [a, b]
+
+
+def trained_quadratic(weights=(3.0, 1.0), nan_after=None):
+    x = np.ones((4, 3), "float32")
+    model = Quadratic(nan_after=nan_after, balancer=kb.balancers.get("sum", weights=list(weights)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.fit(x, x[:, :1], epochs=1, verbose=0)
+    return model, x
+
+
+def test_quadratic_reaches_the_weighted_minimum():
+    model, x = trained_quadratic()
+    result = lbfgs.finetune(model, x, max_steps=50, verbose=0)
+    # 3 (k - 1)^2 + (k + 2)^2 is smallest at k = 1/4: 3 * 0.75^2 + 2.25^2 = 6.75 per entry.
+    np.testing.assert_allclose(model.dense.kernel.numpy().ravel(), 0.25, atol=1e-4)
+    np.testing.assert_allclose(result.final_loss, 3 * 6.75, rtol=1e-5)
+    assert result.final_loss < result.initial_loss
+    assert result.reason in ("converged", "no_progress") and result.steps <= 50
+    assert result.weights == (3.0, 1.0)
+
+
+def test_objective_uses_the_frozen_weights():
+    model, x = trained_quadratic(weights=(0.5, 2.0))
+    kernel = model.dense.kernel.numpy()
+    expected = 0.5 * np.sum((kernel - 1.0) ** 2) + 2.0 * np.sum((kernel + 2.0) ** 2)
+    result = lbfgs.finetune(model, x, max_steps=1, verbose=0)
+    np.testing.assert_allclose(result.initial_loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(lbfgs.frozen_weights(model), [0.5, 2.0])
+    # The minimum of the frozen objective, not of the plain sum (k = -1.5 vs -0.5).
+    lbfgs.finetune(model, x, max_steps=30, verbose=0)
+    np.testing.assert_allclose(model.dense.kernel.numpy().ravel(), (0.5 * 1.0 - 2.0 * 2.0) / 2.5, atol=1e-4)
+
+
+def test_respects_max_steps_and_reports_chunks(capsys):
+    model, x = trained_quadratic()
+    seen = []
+    result = lbfgs.finetune(model, x, max_steps=1, chunk=1, verbose=1, callback=lambda s, v: seen.append(s))
+    assert result.steps == 1 and result.reason in ("max_steps", "converged")
+    assert seen == [1]
+    assert "L-BFGS 1/1" in capsys.readouterr().out
+
+
+def test_stops_on_nan_and_restores_finite_parameters():
+    model, x = trained_quadratic(nan_after=4)
+    before = model.dense.kernel.numpy().copy()
+    result = lbfgs.finetune(model, x, max_steps=20, chunk=1, verbose=0)
+    assert result.reason == "nan"
+    kernel = model.dense.kernel.numpy()
+    assert np.all(np.isfinite(kernel))
+    assert np.isfinite(result.final_loss) and result.steps < 20
+    if result.steps == 0:
+        np.testing.assert_array_equal(kernel, before)
+
+
+def test_bad_arguments_are_clear():
+    model, x = trained_quadratic()
+    with pytest.raises(ValueError, match="`max_steps`.*received max_steps=0"):
+        lbfgs.finetune(model, x, max_steps=0)
+    with pytest.raises(ValueError, match="`tolerance`"):
+        lbfgs.finetune(model, x, tolerance=-1.0)
+    with pytest.raises(ValueError, match="`weights` must have 2 entries"):
+        lbfgs.finetune(model, x, weights=[1.0, 2.0, 3.0])
+
+
+def test_learned_balancer_variables_are_not_fine_tuned():
+    model, x = trained_quadratic()
+    names = {v.path for v in lbfgs.trainable_parameters(model)}
+    assert names == {model.dense.kernel.path}
+
+
+def test_small_pinn_loss_goes_down_after_adam():
+    result = bench.train("helmholtz", "relobralo", steps=20, seed=0, verbose=0, jit_compile=False,
+                         n_interior=64, n_boundary=16, width=8, depth=2, lbfgs_steps=20,
+                         lbfgs_options={"chunk": 10})
+    summary = result.lbfgs
+    assert 0 < summary["steps"] <= 20
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert summary["reason"] in lbfgs.STOP_REASONS
+    assert np.isfinite(result.rel_l2) and np.isfinite(result.rel_l2_adam)
+    assert result.rel_l2 != result.rel_l2_adam
+    weights = [result.final_weights[n] for n in result.term_names]
+    np.testing.assert_allclose(summary["weights"], weights, rtol=1e-6)
+    assert {"rel_l2_adam", "mse_adam", "lbfgs"} <= set(result.summary())
