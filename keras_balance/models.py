@@ -464,7 +464,7 @@ class BalancedModel(keras.Model):
         (global) terms, so all replicas skip together.
         """
         finite = tf.reduce_all(tf.math.is_finite(terms))
-        grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+        grads = [None if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in grads]
 
         def apply():
             self.optimizer.apply(grads, variables)
