@@ -596,8 +596,9 @@ def balancer_names(spec):
 def options_for(name, num_terms, balancer_options=None):
     """Constructor arguments of balancer `name` in a comparison with `num_terms` terms.
 
-    `balancer_options` is either one dict for every balancer, or a dict keyed
-    by balancer names (`{"relobralo": {"temperature": 1.0}}`). Balancers that
+    `balancer_options` is either one dict for every balancer but Sum (which
+    has no hyper-parameters), or a dict keyed by balancer names
+    (`{"relobralo": {"temperature": 1.0}}`). Balancers that
     need arguments (`BENCH_OPTIONS`: `prior_loss` gets equal priors, so that
     it can run at all; on a PDE there is no label distribution) get them when
     not given.
@@ -606,6 +607,10 @@ def options_for(name, num_terms, balancer_options=None):
     given = balancer_options or {}
     if given and all(key in balancers_lib.available() for key in given):
         given = given.get(name) or {}
+    elif name == "sum":
+        # Sum has no hyper-parameters: the baseline every comparison adds
+        # runs as it is when one dict of options is meant for the others.
+        given = {}
     options.update(given)
     return options or None
 

@@ -28,6 +28,8 @@ def test_balancer_names_and_options():
     assert bench.options_for("prior_loss", 3) == {"prior_losses": [1.0, 1.0, 1.0]}
     assert bench.options_for("relobralo", 2) is None
     assert bench.options_for("relobralo", 2, {"temperature": 1.0}) == {"temperature": 1.0}
+    # The Sum baseline takes no options: a shared dict is meant for the others.
+    assert bench.options_for("sum", 2, {"temperature": 1.0}) is None
     per_name = {"relobralo": {"temperature": 2.0}, "prior_loss": {"prior_losses": [5.0, 1.0]}}
     assert bench.options_for("relobralo", 2, per_name) == {"temperature": 2.0}
     assert bench.options_for("prior_loss", 2, per_name) == {"prior_losses": [5.0, 1.0]}
