@@ -133,6 +133,9 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="seed of points, network and balancer")
     train.add_argument("--out", metavar="DIR", default=None,
                        help="write the figures (loss terms, weights, solution, error map) to DIR")
+    train.add_argument("--lbfgs-tolerance", type=_positive_float, default=None, metavar="TOL",
+                       help="L-BFGS stops when the largest gradient entry is at most TOL (default 1e-9; "
+                            "problems with tiny losses, such as the Kirchhoff plate, need less)")
 
     compare = sub.add_parser(
         "compare", help="train several balancers with the same seeds, points and budget",
@@ -246,6 +249,7 @@ def cmd_train(args):
         sampling=args.sampling,
         resample=args.resample,
         lbfgs_steps=args.lbfgs_steps,
+        lbfgs_options=None if args.lbfgs_tolerance is None else {"tolerance": args.lbfgs_tolerance},
     )
     _print_run(result)
     if args.out:

@@ -168,3 +168,15 @@ def test_bench_overhead_bad_arguments():
         cli.main(["bench", "overhead", "--ks", "4", "--balancers", "sum"])
     with pytest.raises(SystemExit, match="jacobian mode"):
         cli.main(["bench", "overhead", "--ks", "2", "--balancers", "sum", "--modes", "pfor"])
+
+
+def test_train_lbfgs_tolerance(tmp_path, capsys):
+    summary = tmp_path / "run.json"
+    # A tolerance no gradient reaches: L-BFGS runs its full budget.
+    assert cli.main(["train", "helmholtz", "--steps", "5", "--lbfgs-steps", "3", "--lbfgs-tolerance", "1e-30",
+                     "--json", str(summary), "--quiet", "--no-jit"]) == 0
+    lbfgs = json.loads(summary.read_text())["lbfgs"]
+    assert lbfgs["steps"] == 3 and lbfgs["reason"] == "max_steps"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "helmholtz", "--lbfgs-tolerance", "0"])
+    assert "expected a positive number, received '0'" in capsys.readouterr().err
