@@ -32,7 +32,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Helmholtz through the plain Keras route is trained in the resume and logging tests too.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "helmholtz" else n
+                                  for n in sorted(CASES)])
 def test_compile_fit_with_relobralo_loss(name):
     case = CASES[name]
     keras.utils.set_random_seed(0)

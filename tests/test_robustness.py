@@ -70,9 +70,9 @@ def _assert_unchanged(before, after):
         np.testing.assert_array_equal(value, after["balancer"][path], err_msg=path)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("bad, bad_steps", [(float("nan"), 1), (float("nan"), 5), (float("inf"), 1)],
+                         ids=["nan-1-step", "nan-5-steps", "inf-1-step"])
 @pytest.mark.parametrize("name", ["relobralo", "softadapt", "uncertainty", "mgda", "gradnorm", "lr_annealing"])
-@pytest.mark.parametrize("bad_steps", [1, 5])
 def test_non_finite_terms_skip_the_step_and_keep_every_state(name, bad_steps, bad):
     """Policy: a step with a non-finite term changes nothing (parameters, optimizer, balancer)."""
     x, y = _data()
@@ -174,7 +174,7 @@ def test_gradnorm_non_positive_learning_rate_is_an_error(value):
 
 # Every balancer on Helmholtz, one of each family on Kirchhoff (its fourth
 # derivatives take seconds to compile); the whole Kirchhoff row runs with `-m slow`.
-KIRCHHOFF_DEFAULT = {"sum", "relobralo", "uncertainty", "dwa", "mgda", "gradnorm", "lr_annealing", "upgrad"}
+KIRCHHOFF_DEFAULT = {"relobralo", "uncertainty", "mgda", "gradnorm"}
 XLA_CASES = [pytest.param(name, "helmholtz", id=f"{name}-helmholtz") for name in NAMES] + [
     pytest.param(name, "kirchhoff", id=f"{name}-kirchhoff",
                  marks=() if name in KIRCHHOFF_DEFAULT else pytest.mark.slow)
