@@ -28,24 +28,23 @@ import shlex
 import sys
 
 
-def _positive_int(text):
+def _number(text, convert, low, expected):
+    """Parse `text` with `convert`; it must be > 0 (`low="positive"`) or >= 0 (`low="non-negative"`)."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
+    if not (value > 0 if low == "positive" else value >= 0):
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
     return value
+
+
+def _positive_int(text):
+    return _number(text, int, "positive", "a positive integer")
 
 
 def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
-    return value
+    return _number(text, float, "positive", "a positive number")
 
 
 def _seed_list(text):
@@ -72,13 +71,7 @@ def _seed_list(text):
 
 
 def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
-    return value
+    return _number(text, int, "non-negative", "an integer >= 0")
 
 
 def _int_list(text):
