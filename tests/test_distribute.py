@@ -47,30 +47,30 @@ def _run(args, env, timeout=TIMEOUT_S):
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 
-def _assert_same_run(one, two, where):
+def _assert_same_run(one, two, where, rtol=2e-5):
     """The 2-replica run equals the 1-replica run, and every replica holds the same balancer state."""
     assert set(one["history"]) == set(two["history"])
     for key, values in one["history"].items():
-        np.testing.assert_allclose(two["history"][key], values, rtol=2e-5, atol=1e-6, err_msg=f"{where}: {key}")
+        np.testing.assert_allclose(two["history"][key], values, rtol=rtol, atol=1e-6, err_msg=f"{where}: {key}")
     for path, replicas in two["balancer"].items():
         for replica in replicas[1:]:
             np.testing.assert_array_equal(replica, replicas[0], err_msg=f"{where}: replicas differ in {path}")
         np.testing.assert_allclose(
             np.asarray(replicas[0], dtype="float64"), np.asarray(one["balancer"][path][0], dtype="float64"),
-            rtol=2e-5, atol=1e-6, err_msg=f"{where}: {path}",
+            rtol=rtol, atol=1e-6, err_msg=f"{where}: {path}",
         )
     for a, b in zip(one["parameters"], two["parameters"]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=f"{where}: parameters")
 
 
-def _mirrored(names, tmp_path):
+def _mirrored(names, tmp_path, rtol=2e-5):
     out = tmp_path / "mirrored.json"
     _run(["mirrored", str(out), ",".join(names)], _env())
     results = json.loads(out.read_text())
     assert sorted(results) == sorted(names)
     for name, pair in results.items():
         assert pair["one"]["replicas"] == 1 and pair["two"]["replicas"] == 2
-        _assert_same_run(pair["one"], pair["two"], name)
+        _assert_same_run(pair["one"], pair["two"], name, rtol=rtol)
 
 
 def test_mirrored_two_devices_match_one(tmp_path):
@@ -79,7 +79,9 @@ def test_mirrored_two_devices_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_mirrored_every_balancer(tmp_path):
-    _mirrored(EVERY, tmp_path)
+    # SoftAdapt weighs differences of consecutive losses, which turns the
+    # 1e-7 round-off of a two-device mean into about 5e-5 in its weights.
+    _mirrored(EVERY, tmp_path, rtol=1e-4)
 
 
 def _free_ports(count):
