@@ -648,13 +648,21 @@ def _paired_step_times(models, baseline, steps, repeats, seed):
 def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1, 2), steps=None, out=None,
                    sampling="uniform", resample=False, lbfgs_steps=0, balancer_options=None,
                    timing_steps=50, timing_repeats=5, jit_compile=True, verbose=1, stream=None,
-                   command=None, **overrides):
+                   command=None, resume=False, **overrides):
     """Train every balancer on every seed with the same data and budget; report and draw.
 
     Sum is always included (first) as the baseline. Runs go seed by seed,
     every balancer within a seed. A run that raises is recorded as
     `"failed: <error>"`, one whose loss or error stops being finite as
     `"diverged at step ~k"`; the comparison goes on either way.
+
+    With `out`, every finished run is appended to `out/runs.jsonl` at once,
+    with the settings that produced it, and the error map of each
+    balancer's first seed is kept in `out/error_maps.npz`. `resume=True`
+    reuses the recorded runs whose settings (problem, balancer, seed,
+    budget, options, sampling, L-BFGS steps, XLA, overrides) match, so an
+    interrupted comparison continues where it stopped; without it the
+    journal is started afresh.
 
     Step time: after all runs, the trained model of the first seed of each
     balancer runs `timing_repeats` chunks of `timing_steps` compiled steps on
@@ -675,6 +683,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         jit_compile: compile the training step with XLA.
         verbose: 1 shows the progress of every run on `stream` (default stderr).
         command: the command line to state in `results.md`.
+        resume: reuse the matching runs recorded in `out/runs.jsonl` (needs `out`).
         **overrides: `learning_rate`, `n_interior`, `n_boundary`, `width`, `depth`, ...
 
     Returns:
@@ -703,20 +712,37 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
     import sys
 
     stream = stream or sys.stderr
-    runs, kept, maps = [], {}, {}
+    if resume and not out:
+        raise ValueError("Argument `resume` needs `out`, the folder of the comparison to continue; received out=None.")
+    journal = _Journal(out, resume) if out else None
+    shared = {"pde": key, "steps": budget, "sampling": sampling, "resample": bool(resample),
+              "lbfgs_steps": int(lbfgs_steps), "xla": bool(jit_compile),
+              "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
+    runs, kept, maps = [], {}, dict(journal.maps) if journal else {}
     started = time.perf_counter()
-    index = 0
+    index = reused = 0
     for seed in seeds:
         for name in names:
             index += 1
             label = f"[{index}/{total}] {name} seed {seed}"
+            options = options_for(name, problem.num_terms, balancer_options)
+            settings = {**shared, "balancer": name, "seed": seed, "options": options}
+            earlier = journal.find(settings) if journal else None
+            if earlier is not None:
+                reused += 1
+                runs.append(earlier)
+                if verbose:
+                    stream.write(f"{label}: reused from {journal.path} ({earlier['status']})\n")
+                    stream.flush()
+                continue
             progress = RunProgress(label, budget, stream=stream) if verbose else None
             kind = balancers_lib.available()[name].kind
             record = {"pde": key, "balancer": name, "kind": kind, "seed": seed, "steps": budget,
-                      "sampling": sampling, "resample": bool(resample), "lbfgs_steps": int(lbfgs_steps)}
+                      "sampling": sampling, "resample": bool(resample), "lbfgs_steps": int(lbfgs_steps),
+                      "settings": settings}
             try:
                 result = train(key, name, steps=budget, seed=seed, verbose=0, jit_compile=jit_compile,
-                               balancer_options=options_for(name, problem.num_terms, balancer_options),
+                               balancer_options=options,
                                sampling=sampling, resample=resample, lbfgs_steps=lbfgs_steps,
                                lbfgs_options={"verbose": 0}, callbacks=[progress] if progress else None,
                                **overrides)
@@ -727,6 +753,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                 if progress:
                     progress.finish(record["status"])
                 runs.append(record)
+                if journal:
+                    journal.add(record)
                 continue
             record.update(
                 status=result.status,
@@ -746,23 +774,37 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                     f" (after Adam {result.rel_l2_adam:.3e}; L-BFGS {result.lbfgs['steps']} steps, "
                     f"{result.lbfgs['reason']})")
                 progress.finish(f"{result.status}, rel. L2 {result.rel_l2:.3e}{extra}, {result.seconds:.1f} s")
-            if name not in kept:
+            if seed == seeds[0]:
                 kept[name] = (result.model, result.points)
                 grid = problem.grid(101)
                 predicted = np.asarray(result.model.solution.predict_field(grid), "float64").reshape(101, 101)
                 exact = np.asarray(problem.exact(grid[:, :1].astype("float64"), grid[:, 1:].astype("float64")))
                 maps[name] = {"seed": seed, "error": np.abs(predicted - exact.reshape(101, 101)),
                               "rel_l2": result.rel_l2}
+                if journal:
+                    journal.add_map(name, maps[name])
             result.model = None
             runs.append(record)
+            if journal:
+                journal.add(record)
+    maps = {name: value for name, value in maps.items() if name in names and value["seed"] == seeds[0]}
 
     timing = {}
-    if timing_repeats and kept:
+    if timing_repeats and runs:
         if verbose:
             stream.write(f"timing: {timing_repeats} interleaved chunks of {timing_steps} steps per balancer\n")
             stream.flush()
         models = {}
-        for name, (model, points) in kept.items():
+        for name in names:
+            if name not in kept:  # its runs were reused: a model of the same setup, trained one step
+                try:
+                    fresh = train(key, name, steps=1, seed=seeds[0], verbose=0, jit_compile=jit_compile,
+                                  balancer_options=options_for(name, problem.num_terms, balancer_options),
+                                  sampling=sampling, resample=resample, **overrides)
+                except Exception:  # it failed in its runs too; it has no step time
+                    continue
+                kept[name] = (fresh.model, fresh.points)
+            model, points = kept[name]
             models[name] = (model, iter(tf.data.Dataset.from_tensors(points).repeat()))
         try:
             timing = _paired_step_times(models, "sum", timing_steps, timing_repeats, seeds[0])
@@ -792,11 +834,76 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                    if timing else {"method": "run wall time"}),
         "error_map_seed": seeds[0],
         "total_seconds": round(time.perf_counter() - started, 1),
+        "reused_runs": reused,
     }
     comparison = {"meta": meta, "runs": runs, "aggregates": aggregates, "files": []}
     if out:
         comparison["files"] = write_comparison(comparison, out, problem=problem, maps=maps)
     return comparison
+
+
+class _Journal:
+    """The runs of a comparison as they finish (`runs.jsonl`) and its error maps (`error_maps.npz`)."""
+
+    def __init__(self, out, resume):
+        import json
+        import os
+
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, "runs.jsonl")
+        self.maps_path = os.path.join(out, "error_maps.npz")
+        self.records, self.maps = {}, {}
+        if not resume:
+            for path in (self.path, self.maps_path):
+                if os.path.exists(path):
+                    os.remove(path)
+            return
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as handle:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the interruption
+                        continue
+                    if isinstance(record, dict) and "settings" in record:
+                        self.records[self._key(record["settings"])] = record
+            # Rewrite it without the unreadable lines, so that the next run starts a line of its own.
+            with open(self.path, "w", encoding="utf-8") as handle:
+                for record in self.records.values():
+                    handle.write(json.dumps(_json_safe(record)) + "\n")
+        if os.path.exists(self.maps_path):
+            with np.load(self.maps_path) as data:
+                for name in {k.split("/")[0] for k in data.files}:
+                    self.maps[name] = {"seed": int(data[f"{name}/seed"]), "error": data[f"{name}/error"],
+                                       "rel_l2": float(data[f"{name}/rel_l2"])}
+
+    @staticmethod
+    def _key(settings):
+        import json
+
+        return json.dumps(_json_safe(settings), sort_keys=True)
+
+    def find(self, settings):
+        return self.records.get(self._key(settings))
+
+    def add(self, record):
+        import json
+
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_json_safe(record)) + "\n")
+        self.records[self._key(record["settings"])] = record
+
+    def add_map(self, name, value):
+        self.maps[name] = value
+        arrays = {}
+        for key, item in self.maps.items():
+            arrays[f"{key}/seed"] = np.asarray(item["seed"])
+            arrays[f"{key}/error"] = np.asarray(item["error"], "float32")
+            arrays[f"{key}/rel_l2"] = np.asarray(np.nan if item["rel_l2"] is None else item["rel_l2"], "float64")
+        with open(self.maps_path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
 
 
 def _aggregate(names, runs, timing):
@@ -869,6 +976,12 @@ def comparison_table(comparison):
         "median over seeds",
         f"- {how}",
         f"- total time: {meta['total_seconds']} s",
+    ]
+    if meta.get("reused_runs"):
+        lines.append(f"- {meta['reused_runs']} of {len(comparison['runs'])} runs were reused from an earlier, "
+                     "interrupted invocation (`--resume`): their wall times come from that invocation, and the "
+                     "total time counts only this one")
+    lines += [
         "",
     ]
     head = ["balancer", "kind", "ok / runs", "rel. L2 median [min - max]", "MSE median [min - max]"]

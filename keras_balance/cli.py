@@ -145,6 +145,9 @@ def build_parser():
                               "runs those seeds (e.g. '0,1,2'; '7,' is seed 7 alone). Default: seed 0")
     compare.add_argument("--out", metavar="DIR", default=None,
                          help="write results.md, results.json and the figures to DIR")
+    compare.add_argument("--resume", action="store_true",
+                         help="continue an interrupted comparison: reuse the runs recorded in "
+                              "DIR/runs.jsonl with the same settings (needs --out)")
     compare.add_argument("--timing-steps", type=_positive_int, default=50,
                          help="steps per timed chunk of the step-time ratio (default 50)")
     compare.add_argument("--timing-repeats", type=_non_negative_int, default=5,
@@ -262,6 +265,8 @@ def cmd_compare(args):
         names = bench.balancer_names(args.balancers)
     except ValueError as error:
         raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
+    if args.resume and not args.out:
+        raise SystemExit("keras-balance: error: --resume needs --out DIR, the folder of the comparison to continue")
     num_terms = pde_lib.get(args.pde).num_terms
     for name in names:
         _check_balancer(name, bench.options_for(name, num_terms, args.options))
@@ -281,6 +286,7 @@ def cmd_compare(args):
         jit_compile=not args.no_jit,
         verbose=0 if args.quiet else 1,
         command=command,
+        resume=args.resume,
         **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
     )
     print(bench.comparison_table(comparison))

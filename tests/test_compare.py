@@ -44,7 +44,9 @@ def test_comparison_writes_table_json_and_figures(tmp_path, capsys):
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "[1/6] sum seed 0" in captured.err and "[6/6] mgda seed 1" in captured.err  # progress
-    assert {p.name for p in out.iterdir()} == {"results.md", "results.json", "error_curves.png", "error_maps.png"}
+    assert {p.name for p in out.iterdir()} == {"results.md", "results.json", "error_curves.png", "error_maps.png",
+                                               "runs.jsonl", "error_maps.npz"}
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 6  # the journal, one line per finished run
     for name in ("error_curves.png", "error_maps.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
@@ -93,6 +95,48 @@ def test_comparison_with_lbfgs_reports_both_errors(tmp_path):
     assert run["lbfgs"]["steps"] <= 3 and np.isfinite(run["rel_l2_adam"])
     assert "after Adam" in bench.comparison_table(comparison)
     assert comparison["files"] == []
+
+
+def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path, capsys):
+    settings = dict(steps=2, verbose=1, timing_steps=2, timing_repeats=1, jit_compile=False, **TINY)
+    first = bench.run_comparison("helmholtz", ["relobralo"], seeds=[0, 1], out=str(tmp_path), **settings)
+    journal = tmp_path / "runs.jsonl"
+    lines = journal.read_text().splitlines()
+    assert [json.loads(line)["balancer"] for line in lines] == ["sum", "relobralo", "sum", "relobralo"]
+    # Interrupted during the fourth run, while writing its line.
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    capsys.readouterr()
+    second = bench.run_comparison("helmholtz", ["relobralo"], seeds=[0, 1], out=str(tmp_path), resume=True,
+                                  **settings)
+    err = capsys.readouterr().err
+    assert err.count("reused from") == 3 and "[4/4] relobralo seed 1" in err
+    assert second["meta"]["reused_runs"] == 3
+    before = {(r["balancer"], r["seed"]): r for r in first["runs"]}
+    for run in second["runs"][:3]:  # reused as recorded
+        assert run["rel_l2"] == before[run["balancer"], run["seed"]]["rel_l2"]
+        assert run["seconds"] == before[run["balancer"], run["seed"]]["seconds"]
+    again = second["runs"][3]
+    assert again["seconds"] != before["relobralo", 1]["seconds"]  # trained again
+    assert again["rel_l2"] == pytest.approx(before["relobralo", 1]["rel_l2"], rel=1e-4)
+    # The maps of the first seed come back from error_maps.npz; the step times are measured again.
+    assert {p.name for p in tmp_path.iterdir()} >= {"error_maps.png", "error_maps.npz"}
+    assert {a["balancer"]: a["step_time_ratio"] for a in second["aggregates"]}["sum"] == 1.0
+    assert all(a["ms_per_step"] > 0 for a in second["aggregates"])
+    assert "3 of 4 runs were reused" in (tmp_path / "results.md").read_text()
+    # The cut line is dropped and the new run has a line of its own.
+    assert [(r["balancer"], r["seed"]) for r in map(json.loads, journal.read_text().splitlines())] == [
+        ("sum", 0), ("relobralo", 0), ("sum", 1), ("relobralo", 1)]
+    # Other settings do not match: a different budget runs everything again, and without
+    # `resume` the journal starts afresh.
+    third = bench.run_comparison("helmholtz", ["relobralo"], seeds=[0], out=str(tmp_path), resume=True,
+                                 **{**settings, "steps": 3, "verbose": 0})
+    assert third["meta"]["reused_runs"] == 0
+    bench.run_comparison("helmholtz", ["relobralo"], seeds=[0], out=str(tmp_path), **{**settings, "verbose": 0})
+    assert len(journal.read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="`resume` needs `out`"):
+        bench.run_comparison("helmholtz", ["sum"], resume=True, out=None)
+    with pytest.raises(SystemExit, match="--resume needs --out"):
+        cli.main(["compare", "helmholtz", "--resume"])
 
 
 def test_compare_rejects_unknown_balancers():
