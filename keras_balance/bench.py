@@ -646,7 +646,7 @@ def _paired_step_times(models, baseline, steps, repeats, seed):
 
 
 def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1, 2), steps=None, out=None,
-                   sampling="uniform", resample=False, lbfgs_steps=0, balancer_options=None,
+                   sampling="uniform", resample=False, lbfgs_steps=0, lbfgs_options=None, balancer_options=None,
                    timing_steps=50, timing_repeats=5, jit_compile=True, verbose=1, stream=None,
                    command=None, resume=False, **overrides):
     """Train every balancer on every seed with the same data and budget; report and draw.
@@ -678,6 +678,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         steps: Adam steps per run (default: the PDE's).
         out: a directory for `results.md`, `results.json` and the figures (None: nothing written).
         sampling, resample, lbfgs_steps: see `train`.
+        lbfgs_options: more arguments of `keras_balance.lbfgs.finetune` (`dtype`, `tolerance`, ...).
         balancer_options: see `options_for`.
         timing_steps, timing_repeats: the step-time measurement.
         jit_compile: compile the training step with XLA.
@@ -717,6 +718,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
     journal = _Journal(out, resume) if out else None
     shared = {"pde": key, "steps": budget, "sampling": sampling, "resample": bool(resample),
               "lbfgs_steps": int(lbfgs_steps), "xla": bool(jit_compile),
+              "lbfgs_options": dict(lbfgs_options or {}) if lbfgs_steps else {},
               "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
     runs, kept, maps = [], {}, dict(journal.maps) if journal else {}
     started = time.perf_counter()
@@ -744,7 +746,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                 result = train(key, name, steps=budget, seed=seed, verbose=0, jit_compile=jit_compile,
                                balancer_options=options,
                                sampling=sampling, resample=resample, lbfgs_steps=lbfgs_steps,
-                               lbfgs_options={"verbose": 0}, callbacks=[progress] if progress else None,
+                               lbfgs_options={**(lbfgs_options or {}), "verbose": 0},
+                               callbacks=[progress] if progress else None,
                                **overrides)
             except Exception as error:  # a failing balancer must not stop the comparison
                 message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
@@ -829,6 +832,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         "sampling": sampling,
         "resample": bool(resample),
         "lbfgs_steps": int(lbfgs_steps),
+        "lbfgs_options": dict(lbfgs_options or {}) if lbfgs_steps else {},
         "xla": bool(jit_compile),
         "timing": ({"method": "interleaved", "steps": timing_steps, "repeats": timing_repeats, "seed": seeds[0]}
                    if timing else {"method": "run wall time"}),
@@ -967,7 +971,9 @@ def comparison_table(comparison):
         f"- date: {meta['date']}",
         f"- machine: {meta['machine']}",
         f"- budget: {meta['steps']} Adam steps" + (f", then up to {meta['lbfgs_steps']} L-BFGS steps "
-                                                   "(frozen weights)" if lbfgs else "")
+                                                   "(frozen weights" + "".join(
+                                                       f", {k} {v}" for k, v in meta.get("lbfgs_options", {}).items())
+                                                   + ")" if lbfgs else "")
         + f"; seeds {', '.join(str(s) for s in meta['seeds'])}; sampling {meta['sampling']}"
         + (" (resampled every step)" if meta["resample"] else " (fixed)") + f"; XLA {'on' if meta['xla'] else 'off'}",
         "- errors against the exact solution on a 101 x 101 grid; median [min - max] over the seeds "

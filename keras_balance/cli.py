@@ -111,6 +111,10 @@ def _add_training_options(parser):
     parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=0, metavar="N",
                         help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
                              "balancer's last weights frozen (default 0: none)")
+    parser.add_argument("--lbfgs-dtype", choices=["float32", "float64"], default=None,
+                        help="precision of the L-BFGS phase: float32, the network's own (default), or "
+                             "float64, on a float64 copy of the network (slower per step, but it does "
+                             "not stall at the float32 precision of the loss)")
 
 
 def build_parser():
@@ -222,7 +226,8 @@ def _print_run(result, out=None):
         print(f"  after Adam:        relative L2 error {result.rel_l2_adam:.4e}, MSE {result.mse_adam:.4e}",
               file=out)
         print(f"  L-BFGS:            {lbfgs['steps']} steps, loss {lbfgs['initial_loss']:.4e} -> "
-              f"{lbfgs['final_loss']:.4e} ({lbfgs['reason']}, {lbfgs['seconds']:.1f} s)", file=out)
+              f"{lbfgs['final_loss']:.4e} ({lbfgs['reason']}, {lbfgs.get('dtype') or 'float32'}, "
+              f"{lbfgs['seconds']:.1f} s)", file=out)
     print(f"  relative L2 error: {result.rel_l2:.4e}", file=out)
     print(f"  MSE:               {result.mse:.4e}", file=out)
     if result.status != "ok":
@@ -245,7 +250,7 @@ def cmd_train(args):
         sampling=args.sampling,
         resample=args.resample,
         lbfgs_steps=args.lbfgs_steps,
-        lbfgs_options=None if args.lbfgs_tolerance is None else {"tolerance": args.lbfgs_tolerance},
+        lbfgs_options=_lbfgs_options(args),
     )
     _print_run(result)
     if args.out:
@@ -255,6 +260,16 @@ def cmd_train(args):
         _write_json(args.json, result.summary())
         print(f"  summary: {args.json}")
     return 0
+
+
+def _lbfgs_options(args):
+    """The `finetune` arguments given on the command line (None: the defaults)."""
+    options = {}
+    if getattr(args, "lbfgs_tolerance", None) is not None:
+        options["tolerance"] = args.lbfgs_tolerance
+    if args.lbfgs_dtype is not None:
+        options["dtype"] = args.lbfgs_dtype
+    return options or None
 
 
 def cmd_compare(args):
@@ -280,6 +295,7 @@ def cmd_compare(args):
         sampling=args.sampling,
         resample=args.resample,
         lbfgs_steps=args.lbfgs_steps,
+        lbfgs_options=_lbfgs_options(args),
         balancer_options=args.options,
         timing_steps=args.timing_steps,
         timing_repeats=args.timing_repeats,

@@ -14,12 +14,14 @@ balancer's weights frozen at their last values (`model.balancer.term_weights`):
 a balancer's update rule assumes small stochastic steps and would make the
 objective change under the line search, which L-BFGS cannot handle.
 
-The objective is evaluated in the model's own precision (float32 for the
-default PINNs), and the L-BFGS state (positions, gradients, curvature pairs)
-is kept in the same dtype. float64 would let L-BFGS go further before its
-line search runs out of precision, but it would need a float64 copy of the
-network; in float32 the run usually ends with `"no_progress"` once the loss is
-flat to float32 precision, which is reported as such.
+By default the objective is evaluated in the model's own precision (float32
+for the default PINNs), and the L-BFGS state (positions, gradients, curvature
+pairs) is kept in the same dtype. In float32 the run usually ends with
+`"no_progress"` once the loss is flat to float32 precision, long before the
+network's error stops improving. `dtype="float64"` runs L-BFGS on a float64
+copy of the model (same architecture and parameters, rebuilt from its
+configuration) and writes the result back, so that the first-order phase
+keeps its float32 speed and the quasi-Newton phase its precision.
 """
 
 import dataclasses
@@ -62,6 +64,10 @@ class LBFGSResult:
     evaluations: int = 0
     seconds: float = 0.0
     history: list = dataclasses.field(default_factory=list)
+    #: The model that was fine-tuned: the model itself, or its copy in the requested `dtype`.
+    model: object = dataclasses.field(default=None, repr=False, compare=False)
+    #: The precision L-BFGS ran in.
+    dtype: str = None
 
     def summary(self):
         """A JSON-friendly dict of the result."""
@@ -73,6 +79,7 @@ class LBFGSResult:
             "weights": list(self.weights),
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 3),
+            "dtype": self.dtype,
         }
 
 
@@ -112,6 +119,68 @@ def frozen_weights(model, num_terms=None):
     return np.asarray(keras.ops.convert_to_numpy(weights), "float32")
 
 
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16")
+
+
+def _with_dtype(config, dtype):
+    """A copy of a serialized Keras object with every float dtype (policy) set to `dtype`."""
+    if isinstance(config, list):
+        return [_with_dtype(item, dtype) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(config.get("config"), dict):
+        if config["config"].get("name") in _FLOAT_NAMES:
+            return {**config, "config": {**config["config"], "name": dtype}}
+        return config
+    return {key: (dtype if key == "dtype" and value in _FLOAT_NAMES else _with_dtype(value, dtype))
+            for key, value in config.items()}
+
+
+def precision_copy(model, dtype="float64"):
+    """The same model with its variables and computations in `dtype`.
+
+    The copy is rebuilt from the model's configuration with every float dtype
+    policy set to `dtype` (a `PINNModel`, or any model whose `get_config` /
+    `from_config` round trip works), and its trainable parameters (those of
+    `trainable_parameters`) are set to the model's, cast. Its balancer is a
+    new, unused one: pass the weights explicitly.
+
+    Raises:
+        ValueError: the model cannot be rebuilt from its configuration, or
+            the copy's parameters do not match the model's.
+    """
+    try:
+        config = _with_dtype(keras.saving.serialize_keras_object(model), str(dtype))
+    except Exception as error:
+        raise ValueError(
+            f"`dtype={dtype!r}` needs a model that can be rebuilt from its configuration "
+            f"(get_config); {type(model).__name__} could not be serialized: {error}"
+        ) from None
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    try:
+        keras.config.set_floatx(str(dtype))
+        keras.config.set_dtype_policy(str(dtype))
+        copy = keras.saving.deserialize_keras_object(config)
+    except Exception as error:
+        raise ValueError(
+            f"`dtype={dtype!r}` needs a model that can be rebuilt from its configuration "
+            f"(from_config); rebuilding {type(model).__name__} failed: {error}"
+        ) from None
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    source, target = trainable_parameters(model), trainable_parameters(copy)
+    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        raise ValueError(
+            f"The {dtype} copy of {type(model).__name__} has parameters of shapes "
+            f"{[tuple(v.shape) for v in target]}, the model {[tuple(v.shape) for v in source]}; "
+            "build the model before fine-tuning it."
+        )
+    for copy_variable, variable in zip(target, source):
+        copy_variable.assign(tf.cast(tf.convert_to_tensor(variable), copy_variable.dtype))
+    return copy
+
+
 class _Packing:
     """Map a list of variables to one flat vector and back."""
 
@@ -133,7 +202,7 @@ class _Packing:
 
 
 def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_tolerance=0.0, chunk=50,
-             num_correction_pairs=50, weights=None, jit_compile=False, verbose=1, callback=None):
+             num_correction_pairs=50, weights=None, jit_compile=False, verbose=1, callback=None, dtype=None):
     """Fine-tune a trained `BalancedModel` / `PINNModel` with L-BFGS on frozen weights.
 
     The objective is `sum_i w_i L_i(theta)` on the whole batch `points` (the
@@ -158,10 +227,30 @@ def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_to
         jit_compile: compile the objective with XLA.
         verbose: 1 prints one line per chunk, 0 is silent.
         callback: optional `callback(steps, loss)` after each chunk.
+        dtype: the precision of the fine-tuning: None (the model's own), or
+            a float dtype such as `"float64"`, for which a copy of the model
+            in that precision is fine-tuned (see `precision_copy`) and its
+            parameters are cast back into the model at the end.
 
     Returns:
         An `LBFGSResult`. The model's variables hold the returned parameters.
     """
+    if dtype is not None:
+        if dtype not in ("float16", "bfloat16", "float32", "float64"):
+            raise ValueError(f"Argument `dtype` must be None or a float dtype such as 'float64'; received dtype={dtype!r}.")
+        variables = trainable_parameters(model)
+        if variables and any(v.dtype != dtype for v in variables):
+            num_terms = getattr(model, "num_terms", None)
+            w = frozen_weights(model, num_terms) if weights is None else weights
+            copy = precision_copy(model, dtype)
+            result = finetune(copy, points, y=y, max_steps=max_steps, tolerance=tolerance,
+                              f_relative_tolerance=f_relative_tolerance, chunk=chunk,
+                              num_correction_pairs=num_correction_pairs, weights=w, jit_compile=jit_compile,
+                              verbose=verbose, callback=callback)
+            for variable, value in zip(variables, trainable_parameters(copy)):
+                variable.assign(tf.cast(tf.convert_to_tensor(value), variable.dtype))
+            result.model = copy
+            return result
     import tensorflow_probability as tfp
 
     max_steps = _check_positive_int("max_steps", max_steps)
@@ -226,7 +315,7 @@ def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_to
     if not math.isfinite(initial_loss):
         packing.assign(good_position)
         return LBFGSResult(0, initial_loss, initial_loss, "nan", tuple(float(v) for v in w),
-                           1, time.perf_counter() - start, history)
+                           1, time.perf_counter() - start, history, model, str(packing.dtype))
     state, reason, evaluations = None, "max_steps", 1
     while good_steps < max_steps:
         limit = tf.constant(min(good_steps + chunk, max_steps), tf.int32)
@@ -260,7 +349,7 @@ def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_to
         print(f"L-BFGS stopped at a non-finite objective; restored the parameters of step {good_steps}.",
               flush=True)
     return LBFGSResult(good_steps, initial_loss, good_loss, reason, tuple(float(v) for v in w),
-                       evaluations, time.perf_counter() - start, history)
+                       evaluations, time.perf_counter() - start, history, model, str(packing.dtype))
 
 
-__all__ = ["LBFGSResult", "STOP_REASONS", "finetune", "frozen_weights", "trainable_parameters"]
+__all__ = ["LBFGSResult", "STOP_REASONS", "finetune", "frozen_weights", "precision_copy", "trainable_parameters"]

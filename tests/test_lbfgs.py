@@ -85,6 +85,50 @@ def test_stops_on_nan_and_restores_finite_parameters():
         np.testing.assert_array_equal(kernel, before)
 
 
+def test_float64_finetuning_runs_on_a_copy_and_writes_back():
+    keras.utils.set_random_seed(0)
+    pde = kb.pde.HelmholtzPDE()
+    model = kb.PINNModel(pde, kb.pinn.build_pinn(pde, width=8, depth=2, seed=0), balancer="relobralo")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    points = pde.sample(64, 16, seed=0)
+    model.fit(points, epochs=5, batch_size=len(points), verbose=0)
+    copy = lbfgs.precision_copy(model, "float64")
+    assert all(v.dtype == "float64" for v in lbfgs.trainable_parameters(copy))
+    assert copy.solution is not model.solution and copy.balancer is not model.balancer
+    for a, b in zip(lbfgs.trainable_parameters(copy), lbfgs.trainable_parameters(model)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy().astype("float64"))
+    grid = pde.grid(11)
+    np.testing.assert_allclose(copy.solution.predict_field(grid), model.solution.predict_field(grid),
+                               rtol=1e-5, atol=1e-6)
+    before = [v.numpy().copy() for v in lbfgs.trainable_parameters(model)]
+    reference = lbfgs.finetune(model, points, max_steps=1, verbose=0, weights=[2.0, 0.5])
+    for v, value in zip(lbfgs.trainable_parameters(model), before):  # back to the trained parameters
+        v.assign(value)
+    result = lbfgs.finetune(model, points, max_steps=30, verbose=0, dtype="float64", weights=[2.0, 0.5])
+    assert result.dtype == "float64" and result.summary()["dtype"] == "float64"
+    # The float64 objective at the start is the float32 one, to float32 round-off.
+    np.testing.assert_allclose(result.initial_loss, reference.initial_loss, rtol=1e-5)
+    assert result.model is not model
+    assert result.final_loss < result.initial_loss
+    # The model keeps its float32 variables, which now hold the fine-tuned parameters.
+    for variable, tuned in zip(lbfgs.trainable_parameters(model), lbfgs.trainable_parameters(result.model)):
+        assert variable.dtype == "float32"
+        np.testing.assert_array_equal(variable.numpy(), tuned.numpy().astype("float32"))
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(lbfgs.trainable_parameters(model), before))
+    assert reference.dtype == "float32"
+    # Same dtype: no copy.
+    assert lbfgs.finetune(model, points, max_steps=1, verbose=0, dtype="float32").model is model
+    with pytest.raises(ValueError, match="`dtype`.*received dtype='float128'"):
+        lbfgs.finetune(model, points, dtype="float128")
+
+
+def test_float64_finetuning_needs_a_model_that_can_be_rebuilt():
+    model, x = trained_quadratic()
+    model.get_config = lambda: (_ for _ in ()).throw(NotImplementedError("no config"))
+    with pytest.raises(ValueError, match="dtype='float64'.*rebuilt from its configuration"):
+        lbfgs.finetune(model, x, dtype="float64")
+
+
 def test_bad_arguments_are_clear():
     model, x = trained_quadratic()
     with pytest.raises(ValueError, match="`max_steps`.*received max_steps=0"):
@@ -114,3 +158,4 @@ def test_small_pinn_loss_goes_down_after_adam():
     weights = [result.final_weights[n] for n in result.term_names]
     np.testing.assert_allclose(summary["weights"], weights, rtol=1e-6)
     assert {"rel_l2_adam", "mse_adam", "lbfgs"} <= set(result.summary())
+    assert summary["dtype"] == "float32"
