@@ -71,6 +71,8 @@ class RunResult:
     mse_adam: float = None
     lbfgs: dict = None
     points: object = dataclasses.field(default=None, repr=False)
+    #: The network, points and Adam settings of the run (learning rate and its schedule).
+    settings: dict = None
 
     def summary(self):
         """The one-object JSON summary written by `--json`.
@@ -91,6 +93,7 @@ class RunResult:
             "status": self.status,
             "sampling": self.sampling,
             "resample": self.resample,
+            "settings": self.settings,
         }
         if self.lbfgs is not None:
             summary.update(rel_l2_adam=self.rel_l2_adam, mse_adam=self.mse_adam, lbfgs=self.lbfgs)
@@ -159,6 +162,8 @@ def train(
     steps=None,
     seed=0,
     learning_rate=None,
+    lr_schedule="constant",
+    final_learning_rate=None,
     log_every=None,
     jit_compile=True,
     verbose=1,
@@ -178,7 +183,13 @@ def train(
         balancer: a balancer name (seeded with `seed` if it is random) or instance.
         steps: optimizer steps (default: the PDE's embedded default).
         seed: seeds the collocation points, the network and the balancer.
-        learning_rate: Adam's learning rate (default: the PDE's).
+        learning_rate: Adam's learning rate (default: the PDE's); the initial one
+            of a decaying schedule.
+        lr_schedule: `"constant"`, `"exponential"` or `"cosine"` decay from
+            `learning_rate` to `final_learning_rate` over the Adam steps (see
+            `learning_rate_schedule`).
+        final_learning_rate: the learning rate at the last Adam step of a
+            decaying schedule (default: `learning_rate / 100`).
         log_every: steps between two history records (default: steps / 100).
         jit_compile: compile the training step with XLA.
         verbose: 1 shows a progress bar, 0 is silent.
@@ -236,9 +247,8 @@ def train(
         output_scale=settings["output_scale"],
     )
     model = PINNModel(problem, solution, balancer=balancer_obj)
-    model.compile(
-        optimizer=keras.optimizers.Adam(settings["learning_rate"]), jit_compile=jit_compile
-    )
+    rate = learning_rate_schedule(lr_schedule, settings["learning_rate"], steps, final_learning_rate)
+    model.compile(optimizer=keras.optimizers.Adam(rate), jit_compile=jit_compile)
     stopper = _StopOnNonFinite()
     callbacks = [ExactErrorHistory(problem, solution.predict_field), stopper, *(callbacks or [])]
     progress = None
@@ -303,7 +313,59 @@ def train(
         mse_adam=errors_adam["mse"],
         lbfgs=lbfgs_summary,
         points=points,
+        settings={**settings, "lr_schedule": lr_schedule,
+                  "final_learning_rate": None if lr_schedule == "constant"
+                  else final_learning_rate or settings["learning_rate"] / 100.0},
     )
+
+
+LR_SCHEDULES = ("constant", "exponential", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class ExponentialToFinal(keras.optimizers.schedules.LearningRateSchedule):
+    """`initial * (final / initial) ** (step / steps)`, then `final` after `steps`."""
+
+    def __init__(self, initial, final, steps):
+        self.initial, self.final, self.steps = float(initial), float(final), int(steps)
+
+    def __call__(self, step):
+        progress = keras.ops.minimum(keras.ops.cast(step, "float32") / float(self.steps), 1.0)
+        return self.initial * keras.ops.power(self.final / self.initial, progress)
+
+    def get_config(self):
+        return {"initial": self.initial, "final": self.final, "steps": self.steps}
+
+
+def learning_rate_schedule(name, learning_rate, steps, final_learning_rate=None):
+    """Adam's learning rate: a constant, or a decay over `steps` to `final_learning_rate`.
+
+    `"exponential"` multiplies the rate by the same factor every step
+    (`ExponentialToFinal`), `"cosine"` follows half
+    a cosine (`CosineDecay`, I. Loshchilov and F. Hutter, "SGDR: stochastic
+    gradient descent with warm restarts", ICLR 2017); both start at
+    `learning_rate` and reach `final_learning_rate` (default
+    `learning_rate / 100`) at step `steps`, and stay there after it.
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"Argument `lr_schedule` must be one of {LR_SCHEDULES}; received lr_schedule={name!r}.")
+    learning_rate = float(learning_rate)
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"Argument `learning_rate` must be a positive number; received {learning_rate!r}.")
+    if name == "constant":
+        if final_learning_rate is not None:
+            raise ValueError("Argument `final_learning_rate` needs a decaying `lr_schedule` "
+                             f"('exponential' or 'cosine'); received lr_schedule='constant' and "
+                             f"final_learning_rate={final_learning_rate!r}.")
+        return learning_rate
+    final = learning_rate / 100.0 if final_learning_rate is None else float(final_learning_rate)
+    if not (np.isfinite(final) and 0 < final <= learning_rate):
+        raise ValueError(f"Argument `final_learning_rate` must be a positive number at most the learning rate "
+                         f"({learning_rate:g}); received final_learning_rate={final_learning_rate!r}.")
+    steps = _check_positive_int("steps", steps)
+    if name == "exponential":
+        return ExponentialToFinal(learning_rate, final, steps)
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=final / learning_rate)
 
 
 def save_figures(result, out_dir):
@@ -829,6 +891,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         "balancers": names,
         "seeds": seeds,
         "steps": budget,
+        "settings": {k: v for k, v in sorted(overrides.items()) if v is not None},
         "sampling": sampling,
         "resample": bool(resample),
         "lbfgs_steps": int(lbfgs_steps),
@@ -975,7 +1038,8 @@ def comparison_table(comparison):
                                                        f", {k} {v}" for k, v in meta.get("lbfgs_options", {}).items())
                                                    + ")" if lbfgs else "")
         + f"; seeds {', '.join(str(s) for s in meta['seeds'])}; sampling {meta['sampling']}"
-        + (" (resampled every step)" if meta["resample"] else " (fixed)") + f"; XLA {'on' if meta['xla'] else 'off'}",
+        + (" (resampled every step)" if meta["resample"] else " (fixed)") + f"; XLA {'on' if meta['xla'] else 'off'}"
+        + "".join(f"; {k} {v}" for k, v in meta.get("settings", {}).items()),
         "- errors against the exact solution on a 101 x 101 grid; median [min - max] over the seeds "
         "whose run finished (status ok)" + ("; final errors are after L-BFGS" if lbfgs else ""),
         "- s / 1000 steps: the run's Adam wall time (XLA compilation and the error logging included), "
@@ -1064,6 +1128,6 @@ def _json_safe(value):
     return value
 
 
-__all__ = ["DEFAULTS", "RunResult", "train", "compare", "results_table", "save_figures", "step_times",
+__all__ = ["DEFAULTS", "LR_SCHEDULES", "RunResult", "train", "learning_rate_schedule", "compare", "results_table", "save_figures", "step_times",
            "overhead", "overhead_table", "point_dataset", "run_comparison", "comparison_table",
            "write_comparison", "balancer_names", "options_for", "RunProgress"]

@@ -95,7 +95,21 @@ def _add_training_options(parser):
     parser.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem to solve")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff)")
-    parser.add_argument("--learning-rate", type=_positive_float, default=None, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--learning-rate", type=_positive_float, default=None,
+                        help="Adam learning rate (default 1e-3); the initial one of a decaying --lr-schedule")
+    parser.add_argument("--lr-schedule", choices=["constant", "exponential", "cosine"], default="constant",
+                        help="Adam's learning rate over the steps: constant (default), or an exponential or "
+                             "cosine decay to --final-learning-rate at the last step")
+    parser.add_argument("--final-learning-rate", type=_positive_float, default=None, metavar="LR",
+                        help="the learning rate at the last step of a decaying --lr-schedule "
+                             "(default: the learning rate / 100)")
+    parser.add_argument("--width", type=_positive_int, default=None,
+                        help="units per hidden layer (default 50)")
+    parser.add_argument("--depth", type=_positive_int, default=None, help="hidden layers (default 4)")
+    parser.add_argument("--interior-points", type=_positive_int, default=None, metavar="N",
+                        help="collocation points inside the domain (default 1024)")
+    parser.add_argument("--boundary-points", type=_positive_int, default=None, metavar="N",
+                        help="collocation points on the boundary (default 256)")
     parser.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="write the JSON summary to PATH (train: one object; compare: a list, one per run)")
@@ -244,13 +258,13 @@ def cmd_train(args):
         balancer_options=args.options,
         steps=args.steps,
         seed=args.seed,
-        learning_rate=args.learning_rate,
         jit_compile=not args.no_jit,
         verbose=0 if args.quiet else 1,
         sampling=args.sampling,
         resample=args.resample,
         lbfgs_steps=args.lbfgs_steps,
         lbfgs_options=_lbfgs_options(args),
+        **_training_settings(args),
     )
     _print_run(result)
     if args.out:
@@ -260,6 +274,26 @@ def cmd_train(args):
         _write_json(args.json, result.summary())
         print(f"  summary: {args.json}")
     return 0
+
+
+def _training_settings(args):
+    """The Adam schedule and problem size given on the command line, checked (only those given)."""
+    from keras_balance import bench
+
+    if args.final_learning_rate is not None and args.lr_schedule == "constant":
+        raise SystemExit("keras-balance: error: --final-learning-rate needs a decaying --lr-schedule "
+                         "(exponential or cosine)")
+    try:
+        bench.learning_rate_schedule(args.lr_schedule, args.learning_rate or 1e-3, args.steps or 1,
+                                     args.final_learning_rate)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: --final-learning-rate: {error}") from None
+    settings = {"learning_rate": args.learning_rate, "width": args.width, "depth": args.depth,
+                "n_interior": args.interior_points, "n_boundary": args.boundary_points,
+                "final_learning_rate": args.final_learning_rate}
+    if args.lr_schedule != "constant":
+        settings["lr_schedule"] = args.lr_schedule
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def _lbfgs_options(args):
@@ -303,7 +337,7 @@ def cmd_compare(args):
         verbose=0 if args.quiet else 1,
         command=command,
         resume=args.resume,
-        **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
+        **_training_settings(args),
     )
     print(bench.comparison_table(comparison))
     for path in comparison["files"]:

@@ -180,3 +180,32 @@ def test_train_lbfgs_tolerance(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "helmholtz", "--lbfgs-tolerance", "0"])
     assert "expected a positive number, received '0'" in capsys.readouterr().err
+
+
+def test_train_learning_rate_schedule_and_problem_size(tmp_path, capsys):
+    summary = tmp_path / "run.json"
+    assert cli.main(["train", "helmholtz", "--steps", "4", "--learning-rate", "1e-2", "--lr-schedule", "cosine",
+                     "--final-learning-rate", "1e-4", "--width", "6", "--depth", "1", "--interior-points", "20",
+                     "--boundary-points", "8", "--json", str(summary), "--quiet", "--no-jit"]) == 0
+    settings = json.loads(summary.read_text())["settings"]
+    assert settings["lr_schedule"] == "cosine" and settings["final_learning_rate"] == 1e-4
+    assert settings["learning_rate"] == 1e-2 and settings["steps"] == 4
+    assert (settings["width"], settings["depth"], settings["n_interior"], settings["n_boundary"]) == (6, 1, 20, 8)
+    with pytest.raises(SystemExit, match="--final-learning-rate needs a decaying --lr-schedule"):
+        cli.main(["train", "helmholtz", "--final-learning-rate", "1e-5"])
+    with pytest.raises(SystemExit, match="at most the learning rate"):
+        cli.main(["compare", "helmholtz", "--lr-schedule", "exponential", "--final-learning-rate", "0.5"])
+
+
+@pytest.mark.parametrize("name", ["exponential", "cosine"])
+def test_learning_rate_schedules_start_and_end_where_asked(name):
+    schedule = bench.learning_rate_schedule(name, 1e-2, 1000, 1e-5)
+    values = [float(schedule(step)) for step in (0, 500, 1000, 2000)]
+    np.testing.assert_allclose([values[0], values[2], values[3]], [1e-2, 1e-5, 1e-5], rtol=1e-5)
+    # Halfway: the geometric mean for the exponential decay, the arithmetic one for the cosine.
+    np.testing.assert_allclose(values[1], np.sqrt(1e-2 * 1e-5) if name == "exponential" else (1e-2 + 1e-5) / 2,
+                               rtol=1e-4)
+    assert bench.learning_rate_schedule("constant", 3e-3, 10) == 3e-3
+    np.testing.assert_allclose(float(bench.learning_rate_schedule(name, 1e-3, 10)(10)), 1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="`lr_schedule` must be one of.*received lr_schedule='linear'"):
+        bench.learning_rate_schedule("linear", 1e-3, 10)
