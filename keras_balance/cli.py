@@ -125,6 +125,9 @@ def _add_training_options(parser):
     parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=0, metavar="N",
                         help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
                              "balancer's last weights frozen (default 0: none)")
+    parser.add_argument("--lbfgs-tolerance", type=_positive_float, default=None, metavar="TOL",
+                        help="L-BFGS stops when the largest gradient entry is at most TOL (default 1e-9; "
+                             "problems with tiny losses, such as the Kirchhoff plate, need less)")
     parser.add_argument("--lbfgs-dtype", choices=["float32", "float64"], default=None,
                         help="precision of the L-BFGS phase: float32, the network's own (default), or "
                              "float64, on a float64 copy of the network (slower per step, but it does "
@@ -144,9 +147,6 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="seed of points, network and balancer")
     train.add_argument("--out", metavar="DIR", default=None,
                        help="write the figures (loss terms, weights, solution, error map) to DIR")
-    train.add_argument("--lbfgs-tolerance", type=_positive_float, default=None, metavar="TOL",
-                       help="L-BFGS stops when the largest gradient entry is at most TOL (default 1e-9; "
-                            "problems with tiny losses, such as the Kirchhoff plate, need less)")
 
     compare = sub.add_parser(
         "compare", help="train several balancers with the same seeds, points and budget",
@@ -299,7 +299,7 @@ def _training_settings(args):
 def _lbfgs_options(args):
     """The `finetune` arguments given on the command line (None: the defaults)."""
     options = {}
-    if getattr(args, "lbfgs_tolerance", None) is not None:
+    if args.lbfgs_tolerance is not None:
         options["tolerance"] = args.lbfgs_tolerance
     if args.lbfgs_dtype is not None:
         options["dtype"] = args.lbfgs_dtype
