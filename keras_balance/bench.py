@@ -200,7 +200,9 @@ def train(
         lbfgs_steps: L-BFGS iterations after Adam (0: none), on the balanced
             loss with the balancer's last weights frozen, full batch on the
             points of step 0 (see `keras_balance.lbfgs.finetune`).
-        lbfgs_options: more arguments of `finetune` (`tolerance`, `chunk`, ...).
+        lbfgs_options: more arguments of `finetune` (`tolerance`, `chunk`,
+            `dtype`, ...). The summary's `lbfgs["history"]` holds
+            `[step, loss, rel. L2, seconds]` after every chunk.
         callbacks: more Keras callbacks for the Adam phase.
         **overrides: `n_interior`, `n_boundary`, `width`, `depth`, `output_scale`.
 
@@ -284,9 +286,22 @@ def train(
 
         options = dict(lbfgs_options or {})
         options.setdefault("jit_compile", jit_compile)
-        options.setdefault("verbose", verbose)
-        outcome = lbfgs.finetune(model, points, max_steps=int(lbfgs_steps), **options)
+        show = options.pop("verbose", verbose)
+        user_callback = options.pop("callback", None)
+        trace, lbfgs_start = [], time.perf_counter()
+
+        def follow(step, loss):  # the error along the way (51 x 51 grid), as for Adam
+            error = problem.error(solution.predict_field, n=51)["rel_l2"]
+            trace.append([int(step), float(loss), float(error), round(time.perf_counter() - lbfgs_start, 3)])
+            if show:
+                print(f"L-BFGS {step}/{lbfgs_steps}: loss {loss:.4e}, rel. L2 {error:.3e}, "
+                      f"{time.perf_counter() - lbfgs_start:.0f} s", flush=True)
+            if user_callback is not None:
+                user_callback(step, loss)
+
+        outcome = lbfgs.finetune(model, points, max_steps=int(lbfgs_steps), verbose=0, callback=follow, **options)
         lbfgs_summary = outcome.summary()
+        lbfgs_summary["history"] = trace  # [step, loss, rel. L2 (51 x 51 grid), seconds]
         errors = problem.error(solution.predict_field, n=101)
     if not (np.isfinite(errors["rel_l2"]) and np.isfinite(errors["mse"])) and status == "ok":
         status = f"diverged at step ~{done}"

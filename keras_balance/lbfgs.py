@@ -226,7 +226,8 @@ def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_to
         weights: override the frozen weights (a length-K sequence).
         jit_compile: compile the objective with XLA.
         verbose: 1 prints one line per chunk, 0 is silent.
-        callback: optional `callback(steps, loss)` after each chunk.
+        callback: optional `callback(steps, loss)` after each chunk; the
+            model's variables then hold the chunk's parameters.
         dtype: the precision of the fine-tuning: None (the model's own), or
             a float dtype such as `"float64"`, for which a copy of the model
             in that precision is fine-tuned (see `precision_copy`) and its
@@ -243,12 +244,20 @@ def finetune(model, points, y=None, max_steps=500, tolerance=1e-9, f_relative_to
             num_terms = getattr(model, "num_terms", None)
             w = frozen_weights(model, num_terms) if weights is None else weights
             copy = precision_copy(model, dtype)
+
+            def write_back():
+                for variable, value in zip(variables, trainable_parameters(copy)):
+                    variable.assign(tf.cast(tf.convert_to_tensor(value), variable.dtype))
+
+            def relay(steps, loss):  # the model holds the chunk's parameters when `callback` sees it
+                write_back()
+                callback(steps, loss)
+
             result = finetune(copy, points, y=y, max_steps=max_steps, tolerance=tolerance,
                               f_relative_tolerance=f_relative_tolerance, chunk=chunk,
                               num_correction_pairs=num_correction_pairs, weights=w, jit_compile=jit_compile,
-                              verbose=verbose, callback=callback)
-            for variable, value in zip(variables, trainable_parameters(copy)):
-                variable.assign(tf.cast(tf.convert_to_tensor(value), variable.dtype))
+                              verbose=verbose, callback=None if callback is None else relay)
+            write_back()
             result.model = copy
             return result
     import tensorflow_probability as tfp

@@ -104,7 +104,16 @@ def test_float64_finetuning_runs_on_a_copy_and_writes_back():
     reference = lbfgs.finetune(model, points, max_steps=1, verbose=0, weights=[2.0, 0.5])
     for v, value in zip(lbfgs.trainable_parameters(model), before):  # back to the trained parameters
         v.assign(value)
-    result = lbfgs.finetune(model, points, max_steps=30, verbose=0, dtype="float64", weights=[2.0, 0.5])
+    seen = []
+
+    def check(steps, loss):  # the model holds the chunk's parameters, cast
+        seen.append(steps)
+        first = lbfgs.trainable_parameters(model)[0]
+        assert not np.array_equal(first.numpy(), before[0])
+
+    result = lbfgs.finetune(model, points, max_steps=30, chunk=10, verbose=0, dtype="float64",
+                            weights=[2.0, 0.5], callback=check)
+    assert seen and seen[-1] == result.steps
     assert result.dtype == "float64" and result.summary()["dtype"] == "float64"
     # The float64 objective at the start is the float32 one, to float32 round-off.
     np.testing.assert_allclose(result.initial_loss, reference.initial_loss, rtol=1e-5)
@@ -159,3 +168,8 @@ def test_small_pinn_loss_goes_down_after_adam():
     np.testing.assert_allclose(summary["weights"], weights, rtol=1e-6)
     assert {"rel_l2_adam", "mse_adam", "lbfgs"} <= set(result.summary())
     assert summary["dtype"] == "float32"
+    history = summary["history"]  # [step, loss, rel. L2, seconds] after every chunk of 10
+    assert [row[0] for row in history] == list(range(10, summary["steps"] + 1, 10))
+    assert history[-1][1] == pytest.approx(summary["final_loss"])
+    assert all(np.isfinite(row[2]) and row[2] > 0 for row in history)
+    assert history[-1][2] == pytest.approx(result.rel_l2, rel=0.2)  # 51 x 51 grid vs 101 x 101
