@@ -735,7 +735,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
 
     With `out`, every finished run is appended to `out/runs.jsonl` at once,
     with the settings that produced it, and the error map of each
-    balancer's first seed is kept in `out/error_maps.npz`. `resume=True`
+    balancer's first seed is kept in `out/error_maps.npz` (keyed by those
+    settings). `resume=True`
     reuses the recorded runs whose settings (problem, balancer, seed,
     budget, options, sampling, L-BFGS steps, XLA, overrides) match, so an
     interrupted comparison continues where it stopped; without it the
@@ -797,7 +798,7 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
               "lbfgs_steps": int(lbfgs_steps), "xla": bool(jit_compile),
               "lbfgs_options": dict(lbfgs_options or {}) if lbfgs_steps else {},
               "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
-    runs, kept, maps = [], {}, dict(journal.maps) if journal else {}
+    runs, kept, maps = [], {}, {}
     started = time.perf_counter()
     index = reused = 0
     for seed in seeds:
@@ -810,6 +811,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
             if earlier is not None:
                 reused += 1
                 runs.append(earlier)
+                if seed == seeds[0] and journal.map_for(settings) is not None:
+                    maps[name] = journal.map_for(settings)
                 if verbose:
                     stream.write(f"{label}: reused from {journal.path} ({earlier['status']})\n")
                     stream.flush()
@@ -862,12 +865,11 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                 maps[name] = {"seed": seed, "error": np.abs(predicted - exact.reshape(101, 101)),
                               "rel_l2": result.rel_l2}
                 if journal:
-                    journal.add_map(name, maps[name])
+                    journal.add_map(settings, maps[name])
             result.model = None
             runs.append(record)
             if journal:
                 journal.add(record)
-    maps = {name: value for name, value in maps.items() if name in names and value["seed"] == seeds[0]}
 
     timing = {}
     if timing_repeats and runs:
@@ -957,9 +959,9 @@ class _Journal:
                     handle.write(json.dumps(_json_safe(record)) + "\n")
         if os.path.exists(self.maps_path):
             with np.load(self.maps_path) as data:
-                for name in {k.split("/")[0] for k in data.files}:
-                    self.maps[name] = {"seed": int(data[f"{name}/seed"]), "error": data[f"{name}/error"],
-                                       "rel_l2": float(data[f"{name}/rel_l2"])}
+                for key in {k.split("/")[0] for k in data.files}:
+                    self.maps[key] = {"seed": int(data[f"{key}/seed"]), "error": data[f"{key}/error"],
+                                      "rel_l2": float(data[f"{key}/rel_l2"])}
 
     @staticmethod
     def _key(settings):
@@ -967,8 +969,17 @@ class _Journal:
 
         return json.dumps(_json_safe(settings), sort_keys=True)
 
+    def _map_key(self, settings):
+        import hashlib
+
+        return f"{settings['balancer']}-{hashlib.sha1(self._key(settings).encode()).hexdigest()[:12]}"
+
     def find(self, settings):
         return self.records.get(self._key(settings))
+
+    def map_for(self, settings):
+        """The error map recorded for the run of these settings, or None."""
+        return self.maps.get(self._map_key(settings))
 
     def add(self, record):
         import json
@@ -977,8 +988,8 @@ class _Journal:
             handle.write(json.dumps(_json_safe(record)) + "\n")
         self.records[self._key(record["settings"])] = record
 
-    def add_map(self, name, value):
-        self.maps[name] = value
+    def add_map(self, settings, value):
+        self.maps[self._map_key(settings)] = value
         arrays = {}
         for key, item in self.maps.items():
             arrays[f"{key}/seed"] = np.asarray(item["seed"])
