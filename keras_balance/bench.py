@@ -614,6 +614,7 @@ class RunProgress(keras.callbacks.Callback):
         self.stream = stream
         self.start = None
         self.last_decile = -1
+        self.last_lbfgs_decile = -1
 
     def _stream(self):
         import sys
@@ -623,6 +624,21 @@ class RunProgress(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.start is None:
             self.start = time.perf_counter()
+
+    def lbfgs_step(self, step, total, loss):
+        """Show the L-BFGS phase after Adam: `L-BFGS k/total (p%), elapsed, loss`."""
+        text = (f"{self.label}: L-BFGS {step}/{total} ({100.0 * step / total:3.0f}%), "
+                f"{time.perf_counter() - (self.start or time.perf_counter()):6.1f} s, loss {loss:.3e}")
+        stream = self._stream()
+        if getattr(stream, "isatty", lambda: False)():
+            stream.write("\r" + text.ljust(100))
+            stream.flush()
+        else:
+            decile = (10 * step) // total
+            if decile > self.last_lbfgs_decile:
+                self.last_lbfgs_decile = decile
+                stream.write(text + "\n")
+                stream.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -826,7 +842,9 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                 result = train(key, name, steps=budget, seed=seed, verbose=0, jit_compile=jit_compile,
                                balancer_options=options,
                                sampling=sampling, resample=resample, lbfgs_steps=lbfgs_steps,
-                               lbfgs_options={**(lbfgs_options or {}), "verbose": 0},
+                               lbfgs_options={**(lbfgs_options or {}), "verbose": 0, **(
+                                   {"callback": lambda k, loss, p=progress: p.lbfgs_step(k, int(lbfgs_steps), loss)}
+                                   if progress and lbfgs_steps else {})},
                                callbacks=[progress] if progress else None,
                                **overrides)
             except Exception as error:  # a failing balancer must not stop the comparison

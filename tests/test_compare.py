@@ -88,12 +88,16 @@ def test_failed_and_diverged_runs_are_reported_not_dropped(tmp_path):
     assert {a["balancer"]: a["ok"] for a in data["aggregates"]} == {"sum": 0, "relobralo": 0}
 
 
-def test_comparison_with_lbfgs_reports_both_errors(tmp_path):
-    comparison = bench.run_comparison("helmholtz", ["sum"], seeds=[0], steps=3, out=None, verbose=0,
-                                      timing_repeats=0, jit_compile=False, lbfgs_steps=3, **TINY)
+def test_comparison_with_lbfgs_reports_both_errors(tmp_path, capsys):
+    comparison = bench.run_comparison("helmholtz", ["sum"], seeds=[0], steps=3, out=None, verbose=1,
+                                      timing_repeats=0, jit_compile=False, lbfgs_steps=4,
+                                      lbfgs_options={"chunk": 2, "tolerance": 1e-30, "dtype": "float64"}, **TINY)
     run = comparison["runs"][0]
-    assert run["lbfgs"]["steps"] <= 3 and np.isfinite(run["rel_l2_adam"])
-    assert "after Adam" in bench.comparison_table(comparison)
+    assert run["lbfgs"]["steps"] <= 4 and np.isfinite(run["rel_l2_adam"])
+    assert run["lbfgs"]["dtype"] == "float64" and run["settings"]["lbfgs_options"]["dtype"] == "float64"
+    assert "L-BFGS 2/4 ( 50%)" in capsys.readouterr().err  # the progress display follows L-BFGS too
+    table = bench.comparison_table(comparison)
+    assert "after Adam" in table and "then up to 4 L-BFGS steps (frozen weights, chunk 2" in table
     assert comparison["files"] == []
 
 
