@@ -56,9 +56,9 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
 
 def test_same_seed_same_run():
     first = bench.train("kirchhoff", "relobralo", steps=6, seed=1, verbose=0, jit_compile=False,
-                        n_interior=64, n_boundary=16)
+                        n_interior=64, n_boundary=16, width=8, depth=2)
     second = bench.train("kirchhoff", "relobralo", steps=6, seed=1, verbose=0, jit_compile=False,
-                         n_interior=64, n_boundary=16)
+                         n_interior=64, n_boundary=16, width=8, depth=2)
     assert first.term_names == ("L_f", "L_b0", "L_b2")
     assert first.rel_l2 == second.rel_l2
     assert first.final_weights == second.final_weights
@@ -147,17 +147,16 @@ def test_list_names_every_registered_balancer(capsys):
 
 def test_bench_overhead_table_and_json(tmp_path, capsys):
     path = tmp_path / "overhead.json"
-    argv = ["bench", "overhead", "--ks", "2,3", "--balancers", "sum,pcgrad,prior_loss", "--modes",
+    argv = ["bench", "overhead", "--ks", "2,3", "--balancers", "sum,pcgrad", "--modes",
             "loop,features", "--steps", "2", "--repeats", "2", "--no-jit", "--json", str(path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ") and "ratio" not in line]
-    assert [line.split("|")[1].strip() for line in lines] == ["sum", "pcgrad", "pcgrad", "prior_loss"]
-    assert [line.split("|")[3].strip() for line in lines] == ["-", "loop", "features", "-"]
+    assert [line.split("|")[1].strip() for line in lines] == ["sum", "pcgrad", "pcgrad"]
+    assert [line.split("|")[3].strip() for line in lines] == ["-", "loop", "features"]
     rows = json.loads(path.read_text())
     assert {(r["K"], r["balancer"], r["jacobian_mode"]) for r in rows} == {
-        (k, b, m) for k in (2, 3) for b, m in (("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"),
-                                               ("prior_loss", None))
+        (k, b, m) for k in (2, 3) for b, m in (("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"))
     }
     assert all(r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)
     assert all(r["ratio"] == 1.0 for r in rows if r["balancer"] == "sum")
