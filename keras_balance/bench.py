@@ -1172,6 +1172,6 @@ def _json_safe(value):
     return value
 
 
-__all__ = ["DEFAULTS", "LR_SCHEDULES", "RunResult", "train", "learning_rate_schedule", "compare", "results_table", "save_figures", "step_times",
+__all__ = ["DEFAULTS", "LR_SCHEDULES", "ExponentialToFinal", "RunResult", "train", "learning_rate_schedule", "compare", "results_table", "save_figures", "step_times",
            "overhead", "overhead_table", "point_dataset", "run_comparison", "comparison_table",
            "write_comparison", "balancer_names", "options_for", "RunProgress"]

@@ -133,7 +133,10 @@ def test_float64_finetuning_runs_on_a_copy_and_writes_back():
 
 def test_float64_finetuning_needs_a_model_that_can_be_rebuilt():
     model, x = trained_quadratic()
-    model.get_config = lambda: (_ for _ in ()).throw(NotImplementedError("no config"))
+    def no_config():
+        raise NotImplementedError("no config")
+
+    model.get_config = no_config
     with pytest.raises(ValueError, match="dtype='float64'.*rebuilt from its configuration"):
         lbfgs.finetune(model, x, dtype="float64")
 
