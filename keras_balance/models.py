@@ -464,6 +464,13 @@ class BalancedModel(keras.Model):
         (global) terms, so all replicas skip together.
         """
         finite = tf.reduce_all(tf.math.is_finite(terms))
+        # Decide once the gradients exist. A predicate that is ready before
+        # them (it needs only the forward pass) lets XLA on CPU start the
+        # conditional early, and the backward pass then runs about half as
+        # fast: on the Kirchhoff plate a Sum step took 2x as long.
+        computed = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        with tf.control_dependencies(computed):
+            finite = tf.identity(finite)
         grads = [None if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in grads]
 
         def apply():
