@@ -425,6 +425,9 @@ def cmd_list(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Quiet TensorFlow's C++ start-up messages for the command line only
+    # (before TensorFlow is imported); importing the package changes nothing.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The command line stated in results.md: the real one, or the argv given to main().
     args.command_line = None if argv is None else "keras-balance " + shlex.join(argv)
     handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "bench": cmd_bench,

@@ -20,7 +20,7 @@ from keras_balance.balancers.pcgrad import PCGrad
 from keras_balance.balancers.gradnorm import GradNorm
 from keras_balance.balancers.lr_annealing import LRAnnealing
 from keras_balance.balancers.means import GeneralizedMean
-from keras_balance.balancers.registry import available, deserialize, get, register, serialize
+from keras_balance.balancers.registry import available, deserialize, example, get, register, serialize
 from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
 from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
@@ -77,6 +77,7 @@ __all__ = [
     "UPGrad",
     "DualProj",
     "available",
+    "example",
     "get",
     "register",
     "serialize",

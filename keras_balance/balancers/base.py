@@ -16,6 +16,7 @@ This module knows nothing of models, PDEs or plotting.
 """
 
 import math
+import weakref
 
 import keras
 import tensorflow as tf
@@ -83,8 +84,61 @@ class Balancer(keras.layers.Layer):
         name: layer name.
     """
 
+    # -- the contract: every attribute a model or loss adapter reads ----------
+
+    #: `"loss"` or `"gradient"`: which of the two contracts the class implements.
     kind = None
+    #: One line, shown by `keras-balance list`.
     summary = ""
+    #: True for balancers that update once per epoch: `BalancedModel.fit` then
+    #: calls `end_epoch()` after every epoch, and
+    #: `keras_balance.callbacks.BalancerEpochEnd` does it for a Keras loss.
+    needs_epoch_end = False
+    #: Steps between two weight updates. A gradient-level balancer with
+    #: `update_every > 1` returns False from `needs_jacobian()` in between, and
+    #: the model then skips the per-term gradients for those steps.
+    update_every = 1
+    #: Which parameters a gradient-level balancer's weights multiply. False:
+    #: the parameters every term shares (task heads get the plain sum of their
+    #: gradients). True: every gradient of the term (methods that weight the
+    #: losses themselves: LR annealing, GradNorm).
+    weights_all_parameters = False
+    #: Which columns of the Jacobian the model hands to a gradient-level
+    #: balancer. `"shared"`: every parameter all terms touch. `"kernel"`: the
+    #: kernel of the layer named by `layer` (None: the last kernel every term
+    #: shares), GradNorm's W.
+    jacobian_scope = "shared"
+    #: With `jacobian_scope="kernel"`, the name of the layer whose kernel is used.
+    layer = None
+
+    @classmethod
+    def required_arguments(cls, num_terms):
+        """Constructor arguments the balancer cannot be built without, for K terms.
+
+        `{}` for most methods. The test suites and the benchmark harness build
+        every registered balancer with these (see
+        `keras_balance.balancers.registry.example`).
+        """
+        return {}
+
+    def claim(self, owner):
+        """Record `owner` (a model or a loss) as the one whose run this balancer's state follows.
+
+        A balancer holds the state of one training run: two models sharing one
+        would advance it with each other's losses. Raises a `ValueError` when
+        another live owner has claimed it already.
+        """
+        current = self._owner() if self._owner is not None else None
+        if current is not None and current is not owner:
+            raise ValueError(
+                f"Argument `balancer`: the balancer {self.name!r} already balances "
+                f"{getattr(current, 'name', current)!r}; a balancer holds the state of one training "
+                "run. Give each its own: the balancer's name (`balancer=\"relobralo\"`) or a copy, "
+                "`type(balancer).from_config(balancer.get_config())`."
+            )
+        self._owner = weakref.ref(owner)
+
+    _owner = None
 
     def __init__(self, num_terms=None, nan_policy="skip", name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -213,11 +267,6 @@ class LossBalancer(Balancer):
 
     kind = LOSS_LEVEL
 
-    #: True for balancers that update once per epoch (see `end_epoch`);
-    #: `BalancedModel.fit` then calls `end_epoch()` after every epoch, and
-    #: `keras_balance.callbacks.BalancerEpochEnd` does it for a Keras loss.
-    needs_epoch_end = False
-
     def end_epoch(self):
         """Called eagerly (outside any `tf.function`) after each training epoch.
 
@@ -295,18 +344,11 @@ class GradientBalancer(Balancer):
     infinity leaves the state of the balancer untouched (including `step`),
     keeps the previous weights, and `aggregate` returns a zero direction.
 
-    Class attributes read by `BalancedModel`:
-
-    - `weights_all_parameters`: False (default) for methods that build a
-      direction for the parameters every term shares; parameters only some
-      terms touch (task heads) then receive the plain sum of their gradients,
-      as PCGrad, MGDA and CAGrad prescribe. True for methods that weight the
-      losses themselves (LR annealing, GradNorm): their weights multiply every
-      gradient of the term.
+    Attributes read by `BalancedModel` (declared with defaults on `Balancer`):
+    `weights_all_parameters`, `jacobian_scope`, `layer` and `update_every`.
     """
 
     kind = GRADIENT_LEVEL
-    weights_all_parameters = False
 
     def _bookkeeping(self):
         return super()._bookkeeping() + [v for v in (getattr(self, "step", None),) if v is not None]

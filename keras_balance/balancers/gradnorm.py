@@ -65,6 +65,7 @@ class GradNorm(GradientBalancer):
 
     summary = "Trainable weights that equalize gradient norms at rates r_i^alpha (Chen et al. 2018)."
     weights_all_parameters = True
+    jacobian_scope = "kernel"
 
     def __init__(self, alpha=1.5, learning_rate=0.025, layer=None, optimizer="adam", min_weight=1e-3,
                  num_terms=None, nan_policy="skip", name="gradnorm", **kwargs):

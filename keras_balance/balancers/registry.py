@@ -33,6 +33,26 @@ def available():
     return dict(sorted(_REGISTRY.items()))
 
 
+def example(name, num_terms, **options):
+    """A new registered balancer, with the required arguments for `num_terms` terms filled in.
+
+    The one table of required constructor arguments is each class's
+    `required_arguments(num_terms)`; `options` override or add to it. The
+    test suites and the benchmark harness build every balancer this way, so a
+    new method is covered by registering it. The state is created on first
+    use (or pass `num_terms=` in `options`).
+
+    Example:
+
+    >>> example("prior_loss", 2).prior_losses
+    [1.0, 1.0]
+    """
+    cls = _REGISTRY[name.lower()] if isinstance(name, str) else name
+    arguments = dict(cls.required_arguments(num_terms))
+    arguments.update(options)
+    return cls(**arguments)
+
+
 def serialize(balancer):
     """Return the Keras serialization dict of a balancer."""
     return keras.saving.serialize_keras_object(balancer)

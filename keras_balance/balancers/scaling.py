@@ -221,6 +221,10 @@ class PriorLoss(LossBalancer):
             )
         super().__init__(num_terms=count, nan_policy=nan_policy, name=name, **kwargs)
 
+    @classmethod
+    def required_arguments(cls, num_terms):
+        return {"prior_losses": [1.0] * num_terms}
+
     def _prior_weights(self):
         priors = np.asarray(self.prior_losses, dtype="float64")
         return np.minimum(1.0 / (priors + self.epsilon), _FLOAT32_MAX).astype("float32")

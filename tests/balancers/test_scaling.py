@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import keras_balance.balancers as kb
-from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
+from keras_balance.balancers import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
 
 # float32 package versus float64 reference.
 RTOL = 1e-5
