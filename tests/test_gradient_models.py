@@ -213,23 +213,55 @@ def test_validation_uses_the_latest_weights_without_advancing():
     np.testing.assert_allclose(result["loss"], 2.0 * result["a"] + 3.0 * result["b"], rtol=1e-5)
 
 
-def test_update_schedule_is_the_same_with_two_compiled_steps_or_one_cond():
-    """Python picks one of two compiled steps (one step per execution) or a
-    tf.cond inside one step (several steps per execution): same trajectory."""
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_update_schedule_is_the_same_for_one_or_several_steps_per_execution(run_eagerly):
+    """The update-or-hold decision is read from the balancer's step inside the
+    step (one step per execution, several, or eager): the same trajectory."""
     x, y = data(n=32)
     results = []
     for steps_per_execution in (1, 4):
         model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", steps_per_execution=steps_per_execution,
-                      jit_compile=True)
+                      jit_compile=not run_eagerly, run_eagerly=run_eagerly)
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
-        assert (model._update_period() == 3) == (steps_per_execution == 1)
         results.append((history.history["w_b"], [v.numpy() for v in model.trainable_variables],
                         int(model.balancer.step.numpy())))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert results[0][2] == results[1][2] == 16
+
+
+def test_update_schedule_follows_a_backup_and_restore(tmp_path):
+    """Interrupted after an epoch and resumed with BackupAndRestore, an
+    every-3-steps schedule (4 steps an epoch) ends where the uninterrupted run
+    ends: Keras builds the train function before the restore, so the decision
+    must come from the restored step variable, not from the build."""
+    x, y = data(n=16)
+
+    def run(interrupt):
+        model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / f"backup_{interrupt}"), delete_checkpoint=False)
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if interrupt and epoch == 1:
+                    raise RuntimeError("interrupted")
+
+        if interrupt:
+            with pytest.raises(RuntimeError, match="interrupted"):
+                model.fit(x, y, batch_size=4, epochs=4, verbose=0, shuffle=False, callbacks=[backup, Interrupt()])
+            model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+            model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
+        model.fit(x, y, batch_size=4, epochs=4, verbose=0, shuffle=False, callbacks=[backup])
+        return model
+
+    straight, resumed = run(False), run(True)
+    assert int(resumed.balancer.step.numpy()) == int(straight.balancer.step.numpy()) == 16
+    np.testing.assert_array_equal(resumed.balancer.term_weights.numpy(), straight.balancer.term_weights.numpy())
+    for a, b in zip(straight.trainable_variables, resumed.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_update_schedule_continues_after_loading(tmp_path):
