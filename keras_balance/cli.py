@@ -204,8 +204,12 @@ def build_parser():
 
 
 def _check_balancer(name, options=None):
-    """Exit with a clear message for an unknown name or unusable options."""
+    """Exit with a clear message for an unknown name or unusable options.
+
+    Builds the balancer as the harness will (`keras_balance.balancers.registry.resolve`).
+    """
     from keras_balance import balancers
+    from keras_balance.balancers.registry import resolve
 
     if name.lower() not in balancers.available():
         raise SystemExit(
@@ -213,7 +217,7 @@ def _check_balancer(name, options=None):
             f"known balancers: {', '.join(balancers.available())}"
         )
     try:
-        balancers.get(name, **(options or {}))
+        resolve(name, options=options)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"keras-balance: error: balancer {name!r} with --options {options or {}}: {error}") from None
 
@@ -309,6 +313,7 @@ def _lbfgs_options(args):
 def cmd_compare(args):
     from keras_balance import bench
     from keras_balance import pde as pde_lib
+    from keras_balance.bench.report import _json_safe
 
     try:
         names = bench.balancer_names(args.balancers)
@@ -343,7 +348,7 @@ def cmd_compare(args):
     for path in comparison["files"]:
         print(f"wrote {path}")
     if args.json:
-        _write_json(args.json, bench._json_safe(comparison["runs"]))
+        _write_json(args.json, _json_safe(comparison["runs"]))
     return 0
 
 

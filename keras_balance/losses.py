@@ -24,19 +24,7 @@ import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
 from keras_balance import distribute
-
-
-def _pde_config(pde):
-    return {"class_name": type(pde).__name__, "config": pde.get_config()}
-
-
-def _pde_from_config(config):
-    from keras_balance import pde as pde_lib
-
-    for cls in pde_lib.PROBLEMS.values():
-        if cls.__name__ == config["class_name"]:
-            return cls(**config["config"])
-    raise ValueError(f"Unknown PDE class {config['class_name']!r} in a saved loss config.")
+from keras_balance import pde as pde_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -153,7 +141,7 @@ class BalancedLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         if self.pde is not None:
-            terms = {"pde": _pde_config(self.pde)}
+            terms = {"pde": pde_lib.serialize(self.pde)}
         else:
             terms = keras.saving.serialize_keras_object(self.terms)
         config.update(
@@ -170,7 +158,7 @@ class BalancedLoss(keras.losses.Loss):
         config = dict(config)
         terms = config.pop("terms")
         if isinstance(terms, dict) and "pde" in terms:
-            terms = _pde_from_config(terms["pde"])
+            terms = pde_lib.deserialize(terms["pde"])
         else:
             terms = keras.saving.deserialize_keras_object(terms)
         return cls(terms, **config)
@@ -221,20 +209,46 @@ class ReLoBRaLoLoss(BalancedLoss):
         config = dict(config)
         terms = config.pop("terms")
         config.pop("term_names", None)
-        return cls(_pde_from_config(terms["pde"]), **config)
+        return cls(pde_lib.deserialize(terms["pde"]), **config)
 
 
-class _MethodLoss(BalancedLoss):
-    """A `BalancedLoss` whose balancer is one registered method.
+class MethodLoss(BalancedLoss):
+    """A `BalancedLoss` whose balancer is one registered loss-level method.
 
-    Subclasses set `method` (the registry name). Constructor keywords other
-    than the `Loss` ones (`reduction`, `dtype`) go to the balancer.
+    The base of the adapters below. A subclass sets `method`, the registry
+    name of its balancer, and a docstring; the constructor is this one, whose
+    keywords other than those of `BalancedLoss` and `keras.losses.Loss` are
+    the options of the balancer.
+
+    Args:
+        terms: a PDE (the coordinates then travel in `y_true`) or a callable
+            `terms(y_true, y_pred)` returning K tensors, as for `BalancedLoss`.
+        term_names, num_terms: see `BalancedLoss`.
+        name: name of the loss. Default `"<method>_loss"`.
+        reduction, dtype: see `keras.losses.Loss`.
+        balancer: optional balancer (instance, name or config) to use instead
+            of a new one; loading a saved loss passes its balancer this way.
+            Not together with options.
+        **options: constructor arguments of the balancer,
+            `keras_balance.balancers.get(method, **options)`.
+
+    Example:
+
+    >>> @keras.saving.register_keras_serializable(package="my_project")
+    ... class MyMethodLoss(MethodLoss):
+    ...     method = "my_method"   # registered with keras_balance.balancers.register
     """
 
+    #: The registry name of the balancer (`keras_balance.balancers.get`).
     method = None
 
     def __init__(self, terms, term_names=None, num_terms=None, name=None, reduction="sum_over_batch_size",
                  dtype=None, balancer=None, **options):
+        if self.method is None:
+            raise TypeError(
+                f"{type(self).__name__} must set `method`, the registry name of its balancer; "
+                "`MethodLoss` is the base class of the per-method losses."
+            )
         if balancer is None:
             balancer = balancers_lib.get(self.method, **options)
         elif options:
@@ -245,43 +259,181 @@ class _MethodLoss(BalancedLoss):
                          name=name or f"{self.method}_loss", reduction=reduction, dtype=dtype)
 
 
+@keras.saving.register_keras_serializable(package="keras_balance")
+class InitialLossLoss(MethodLoss):
+    """Initial-loss weighting as a Keras loss: each term divided by its first value.
 
-def _method_loss(class_name, method, summary):
-    """Define and register the Keras loss adapter of one method."""
-    doc = f"""{summary}
+    A `MethodLoss` with the `"initial_loss"` balancer
+    (`keras_balance.balancers.InitialLoss`), `lambda_i = 1 / (L_i(0) + eps)`:
+    every weighted term starts at 1, whatever its units.
 
-    A `BalancedLoss` with the `{method}` balancer: `terms` is a PDE (with the
-    coordinates in `y_true`) or a callable `terms(y_true, y_pred)` returning K
-    tensors, as for `BalancedLoss`; the other keyword arguments are those of
-    the balancer (see `keras_balance.balancers.get("{method}")`).
+    Args:
+        n_initial: int >= 1, default 1. Number of first steps whose mean
+            estimates L(0).
+        epsilon: >= 0, default 1e-12. Guard added to the denominator.
 
     Example:
 
-    ```python
-    model.compile(optimizer="adam", loss={class_name}(pde))
-    ```
+    >>> loss = InitialLossLoss(HelmholtzPDE(), n_initial=5)
+    >>> loss.balancer.n_initial, loss.term_names
+    (5, ('L_f', 'L_b'))
     """
-    cls = type(class_name, (_MethodLoss,), {"method": method, "__doc__": doc, "__module__": __name__})
-    return keras.saving.register_keras_serializable(package="keras_balance")(cls)
+
+    method = "initial_loss"
 
 
-InitialLossLoss = _method_loss("InitialLossLoss", "initial_loss", "Weights 1 / L_i(0) as a Keras loss.")
-PriorLossLoss = _method_loss("PriorLossLoss", "prior_loss", "Weights 1 / L_i^prior as a Keras loss.")
-RealTimeLoss = _method_loss("RealTimeLoss", "real_time", "Weights 1 / stopgrad(L_i(t)) as a Keras loss.")
-GeneralizedMeanLoss = _method_loss(
-    "GeneralizedMeanLoss", "generalized_mean", "The generalized (power) mean of the terms as a Keras loss."
-)
-UncertaintyWeightingLoss = _method_loss(
-    "UncertaintyWeightingLoss",
-    "uncertainty",
-    "Uncertainty weighting (Kendall et al. 2018). Its log-variances are trainable, which a Keras "
-    "loss cannot provide: constructing it raises an error that points to `BalancedModel`.",
-)
-SoftAdaptLoss = _method_loss("SoftAdaptLoss", "softadapt", "SoftAdapt (Heydari et al. 2019) as a Keras loss.")
-DWALoss = _method_loss(
-    "DWALoss",
-    "dwa",
-    "Dynamic Weight Average (Liu et al. 2019) as a Keras loss. In its default per-epoch form, pass "
-    "`keras_balance.callbacks.BalancerEpochEnd(loss)` to `fit`.",
-)
-RLWLoss = _method_loss("RLWLoss", "rlw", "Random loss weighting (Lin et al. 2021) as a Keras loss.")
+@keras.saving.register_keras_serializable(package="keras_balance")
+class PriorLossLoss(MethodLoss):
+    """Prior-loss weighting as a Keras loss: each term divided by a label-only model's loss.
+
+    A `MethodLoss` with the `"prior_loss"` balancer
+    (`keras_balance.balancers.PriorLoss`), `lambda_i = 1 / (L_i^prior + eps)`,
+    with constant weights. `keras_balance.balancers.prior_loss` computes a
+    term's prior loss from its labels.
+
+    Args:
+        prior_losses: K finite, positive numbers (required).
+        epsilon: >= 0, default 1e-12. Guard added to the denominator.
+
+    Example:
+
+    >>> classes = prior_loss([0, 0, 1, 1], "cross_entropy")      # log 2
+    >>> loss = PriorLossLoss(terms, term_names=["label", "value"], prior_losses=[classes, 4.0])
+    >>> [round(w, 4) for w in loss.term_weights.tolist()]
+    [1.4427, 0.25]
+    """
+
+    method = "prior_loss"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class RealTimeLoss(MethodLoss):
+    """Real-time weighting as a Keras loss: each term divided by its current value.
+
+    A `MethodLoss` with the `"real_time"` balancer
+    (`keras_balance.balancers.RealTime`), `lambda_i = 1 / (stopgrad(L_i) + eps)`:
+    the gradient of the total is that of `sum_i log L_i`.
+
+    Args:
+        epsilon: >= 0, default 1e-12. Guard added to the denominator.
+
+    Example:
+
+    >>> pde = KirchhoffPDE()
+    >>> model = build_pinn(pde, width=20, depth=3)
+    >>> model.compile(optimizer="adam", loss=RealTimeLoss(pde))
+    """
+
+    method = "real_time"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class GeneralizedMeanLoss(MethodLoss):
+    """The generalized (power) mean of the terms as a Keras loss.
+
+    A `MethodLoss` with the `"generalized_mean"` balancer
+    (`keras_balance.balancers.GeneralizedMean`): the total is
+    `((1/K) sum_i L_i^gamma)^(1/gamma)`, whose gradient carries the weights
+    (1: the arithmetic mean, 0: the geometric mean, inf: the largest term).
+
+    Args:
+        gamma: a real number or +/-inf, default 0.
+        epsilon: > 0, default 1e-12. Floor of every term for finite `gamma`.
+
+    Example:
+
+    >>> loss = GeneralizedMeanLoss(HelmholtzPDE(), gamma=float("inf"))  # the worst term
+    """
+
+    method = "generalized_mean"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class UncertaintyWeightingLoss(MethodLoss):
+    """Uncertainty weighting (Kendall et al. 2018); as a Keras loss, an error.
+
+    The `"uncertainty"` balancer (`keras_balance.balancers.UncertaintyWeighting`)
+    learns one log-variance per term, which the model's optimizer must train;
+    a loss passed to `compile(loss=...)` cannot provide that, so constructing
+    this class raises an error that points to `BalancedModel` (or
+    `PINNModel`), which trains them with the model.
+
+    Args:
+        regularizer: `"kendall"` (default) or `"log1p"`.
+        epsilon: > 0, default 1e-12. Floor of the variances.
+
+    Example:
+
+    >>> model = PINNModel(HelmholtzPDE(), balancer="uncertainty")  # instead
+    """
+
+    method = "uncertainty"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class SoftAdaptLoss(MethodLoss):
+    """SoftAdapt (Heydari et al. 2019) as a Keras loss.
+
+    A `MethodLoss` with the `"softadapt"` balancer
+    (`keras_balance.balancers.SoftAdapt`): a softmax of each term's recent
+    rate of change, so the terms that fall slowest get the most weight.
+
+    Args:
+        beta: finite, default 0.1. Softmax sharpness on the rates.
+        variant: `"original"` (default), `"normalized"` or `"loss_weighted"`.
+        window: int >= 2, default 2. Loss values the rate is taken over.
+        sum_to_k: bool, default True. Weights sum to K (else to 1).
+        epsilon: >= 0, default 1e-12.
+
+    Example:
+
+    >>> loss = SoftAdaptLoss(HelmholtzPDE(boundary="per_edge"), beta=0.5, variant="loss_weighted")
+    >>> loss.num_terms
+    5
+    """
+
+    method = "softadapt"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class DWALoss(MethodLoss):
+    """Dynamic Weight Average (Liu et al. 2019) as a Keras loss.
+
+    A `MethodLoss` with the `"dwa"` balancer (`keras_balance.balancers.DWA`):
+    a softmax of each term's ratio of its last two values (per epoch by
+    default, per step with `per="step"`). In the per-epoch form, pass
+    `keras_balance.callbacks.BalancerEpochEnd(loss)` to `fit`, which
+    updates the weights after every epoch.
+
+    Args:
+        temperature: > 0, default 2.0. Softmax temperature.
+        per: `"epoch"` (default) or `"step"`.
+        epsilon: >= 0, default 1e-12.
+
+    Example:
+
+    >>> loss = DWALoss(pde)
+    >>> model.compile(optimizer="adam", loss=loss)
+    >>> history = model.fit(xy, xy, batch_size=256, epochs=50, callbacks=[BalancerEpochEnd(loss)])
+    """
+
+    method = "dwa"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class RLWLoss(MethodLoss):
+    """Random loss weighting (Lin et al. 2022) as a Keras loss.
+
+    A `MethodLoss` with the `"rlw"` balancer (`keras_balance.balancers.RLW`):
+    fresh weights `K softmax(z)`, `z ~ N(0, I)`, at every step, the baseline
+    an adaptive method should beat.
+
+    Args:
+        seed: optional int. Equal seeds give equal weight sequences.
+
+    Example:
+
+    >>> baseline = RLWLoss(HelmholtzPDE(), seed=0)
+    """
+
+    method = "rlw"

@@ -4,8 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_balance import balancers, bench, cli
+from keras_balance import pde as pde_lib
+from keras_balance.balancers import registry
 
 TINY = {"n_interior": 32, "n_boundary": 8, "width": 8, "depth": 2}
 
@@ -34,6 +37,46 @@ def test_balancer_names_and_options():
     assert bench.options_for("relobralo", 2, per_name) == {"temperature": 2.0}
     assert bench.options_for("prior_loss", 2, per_name) == {"prior_losses": [5.0, 1.0]}
     assert bench.options_for("sum", 2, per_name) is None
+
+
+def test_balancer_arguments_come_from_the_registry():
+    # The harness fills in what each class declares it cannot be built without.
+    for name, cls in balancers.available().items():
+        assert bench.options_for(name, 3) == (dict(cls.required_arguments(3)) or None)
+    assert registry.arguments("prior_loss", 2, epsilon=0.0) == {"prior_losses": [1.0, 1.0], "epsilon": 0.0}
+    # One function builds a balancer from a name for the command line and the harness.
+    assert registry.resolve("prior_loss", num_terms=3).prior_losses == [1.0, 1.0, 1.0]
+    assert registry.resolve("prior_loss", 3, {"prior_losses": [2.0, 1.0, 1.0]}).prior_losses == [2.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match="prior_losses"):
+        registry.resolve("prior_loss")
+    assert registry.resolve("rlw", seed=5).seed == 5
+    assert registry.resolve("rlw", options={"seed": 1}, seed=5).seed == 1  # an explicit seed wins
+    assert isinstance(registry.resolve("Sum", seed=5), balancers.Sum)  # no seed argument: none given
+    instance = balancers.ReLoBRaLo()
+    assert registry.resolve(instance, seed=5) is instance
+    with pytest.raises(ValueError, match="Unknown balancer.*relobralo"):
+        registry.resolve("relobralow")
+    with pytest.raises(ValueError, match="temperature"):
+        registry.resolve("relobralo", options={"temperature": -1.0})
+
+
+def test_problem_name_is_the_command_line_key():
+    assert bench.problem_name(pde_lib.HelmholtzPDE(boundary="per_edge")) == "helmholtz"
+    assert bench.problem_name(pde_lib.get("kirchhoff")) == "kirchhoff"
+    assert bench.problem_name(object()) is None
+
+
+def test_interleaved_timer_pairs_each_chunk_with_the_baseline():
+    models = {}
+    for name in ("sum", "relobralo"):
+        run = bench.train("helmholtz", name, steps=1, verbose=0, jit_compile=False, **TINY)
+        models[name] = (run.model, iter(tf.data.Dataset.from_tensors(run.points).repeat()))
+    times = bench.interleaved_step_times(models, steps=2, repeats=3, baseline="sum", seed=0)
+    assert list(times) == ["sum", "relobralo"]
+    assert times["sum"]["ratio"] == 1.0 and times["relobralo"]["ratio"] > 0
+    assert all(row["ms_per_step"] > 0 for row in times.values())
+    unpaired = bench.interleaved_step_times(models, steps=1, repeats=1)  # the given order, no ratios
+    assert [row["ratio"] for row in unpaired.values()] == [None, None]
 
 
 def test_comparison_writes_table_json_and_figures(tmp_path, capsys):

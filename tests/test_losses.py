@@ -220,3 +220,15 @@ def test_uncertainty_loss_points_to_balanced_model():
 
     with pytest.raises(ValueError, match="BalancedModel"):
         UncertaintyWeightingLoss(HelmholtzPDE())
+
+
+def test_method_loss_needs_a_method_and_takes_a_balancer_or_options():
+    from keras_balance.losses import MethodLoss, SoftAdaptLoss
+
+    with pytest.raises(TypeError, match="method"):
+        MethodLoss(HelmholtzPDE())
+    with pytest.raises(ValueError, match="not both"):
+        SoftAdaptLoss(HelmholtzPDE(), balancer="softadapt", beta=0.5)
+    loss = SoftAdaptLoss(HelmholtzPDE(), beta=0.5, name="adaptive")
+    assert loss.balancer.beta == 0.5 and loss.name == "adaptive"
+    assert SoftAdaptLoss(HelmholtzPDE()).name == "softadapt_loss"

@@ -23,7 +23,9 @@ from keras_balance.balancers.means import GeneralizedMean
 from keras_balance.balancers.registry import available, deserialize, example, get, register, serialize
 from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
-from keras_balance.balancers.scaling import RLW, InitialLoss, PriorLoss, RealTime, prior_loss
+from keras_balance.balancers.prior_statistics import prior_loss
+from keras_balance.balancers.rlw import RLW
+from keras_balance.balancers.scaling import InitialLoss, PriorLoss, RealTime
 from keras_balance.balancers.softadapt import SoftAdapt
 from keras_balance.balancers.uncertainty import UncertaintyWeighting
 from keras_balance.balancers.upgrad import DualProj, UPGrad

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import GradientBalancer, check_range
+from keras_balance.balancers.arguments import check_range, check_weight_vector
+from keras_balance.balancers.base import GradientBalancer
 
 SCALES = ("min", "median", "rmse")
 FLOAT32_EPSILON = float(np.finfo(np.float32).eps)
@@ -70,24 +71,7 @@ class AlignedMTL(GradientBalancer):
     def __init__(self, preference=None, scale="min", rtol=None, num_terms=None, nan_policy="skip",
                  name="aligned_mtl", **kwargs):
         if preference is not None:
-            values = np.asarray(preference, dtype="float64") if _numeric(preference) else None
-            if values is None or values.ndim != 1 or values.size == 0:
-                raise ValueError(
-                    "Argument `preference` must be a non-empty 1-D sequence of numbers; "
-                    f"received preference={preference!r}."
-                )
-            if not np.all(np.isfinite(values)) or np.any(values < 0) or not np.any(values > 0):
-                raise ValueError(
-                    "Argument `preference` must contain finite, non-negative numbers, not all zero; "
-                    f"received preference={preference!r}."
-                )
-            if num_terms is not None and num_terms != values.size:
-                raise ValueError(
-                    f"Argument `num_terms`={num_terms!r} disagrees with the "
-                    f"{values.size} entries of `preference`."
-                )
-            num_terms = int(values.size)
-            preference = [float(v) for v in values]
+            preference, num_terms = check_weight_vector("preference", preference, num_terms, allow_all_zero=False)
         self.preference = preference
         if scale not in SCALES:
             raise ValueError(f"Argument `scale` must be one of {SCALES}; received scale={scale!r}.")
@@ -130,12 +114,4 @@ class AlignedMTL(GradientBalancer):
         config = super().get_config()
         config.update({"preference": self.preference, "scale": self.scale, "rtol": self.rtol})
         return config
-
-
-def _numeric(value):
-    try:
-        np.asarray(value, dtype="float64")
-    except (TypeError, ValueError):
-        return False
-    return True
 

@@ -15,46 +15,17 @@ generator state) lives in Keras variables that `model.save`, checkpoints and
 This module knows nothing of models, PDEs or plotting.
 """
 
-import math
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
+
 
 LOSS_LEVEL = "loss"
 GRADIENT_LEVEL = "gradient"
 
 NAN_POLICIES = ("skip", "raise")
-
-
-def check_range(name, value, low, high, *, low_open=False, high_open=False):
-    """Validate that a float hyper-parameter lies in an interval.
-
-    Raises a `ValueError` that names the argument, the expected interval and
-    the value received.
-    """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"Argument `{name}` must be a number; received {name}={value!r} "
-            f"(of type {type(value).__name__})."
-        ) from None
-    too_low = number <= low if low_open else number < low
-    too_high = number >= high if high_open else number > high
-    if math.isnan(number) or too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise ValueError(
-            f"Argument `{name}` must be in {left}{low}, {high}{right}; "
-            f"received {name}={value!r}."
-        )
-    return number
-
-
-def check_positive(name, value):
-    """Validate that a float hyper-parameter is strictly positive and finite."""
-    return check_range(name, value, 0.0, math.inf, low_open=True, high_open=True)
 
 
 def as_loss_vector(losses):
@@ -122,7 +93,7 @@ class Balancer(keras.layers.Layer):
         return {}
 
     def claim(self, owner):
-        """Record `owner` (a model or a loss) as the one whose run this balancer's state follows.
+        """Record the model `owner` as the one whose training run this balancer's state follows.
 
         A balancer holds the state of one training run: two models sharing one
         would advance it with each other's losses. Raises a `ValueError` when
@@ -131,7 +102,7 @@ class Balancer(keras.layers.Layer):
         current = self._owner() if self._owner is not None else None
         if current is not None and current is not owner:
             raise ValueError(
-                f"Argument `balancer`: the balancer {self.name!r} already balances "
+                f"Argument `balancer`: the balancer {self.name!r} already balances the model "
                 f"{getattr(current, 'name', current)!r}; a balancer holds the state of one training "
                 "run. Give each its own: the balancer's name (`balancer=\"relobralo\"`) or a copy, "
                 "`type(balancer).from_config(balancer.get_config())`."
@@ -144,10 +115,7 @@ class Balancer(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, **kwargs)
         if nan_policy not in NAN_POLICIES:
-            raise ValueError(
-                f"Argument `nan_policy` must be one of {NAN_POLICIES}; "
-                f"received nan_policy={nan_policy!r}."
-            )
+            raise ValueError(f"Argument `nan_policy` must be one of {NAN_POLICIES}; received nan_policy={nan_policy!r}.")
         self.nan_policy = nan_policy
         self.num_terms = None
         if num_terms is not None:
@@ -158,15 +126,11 @@ class Balancer(keras.layers.Layer):
     def build_for(self, num_terms):
         """Create the state for `num_terms` loss terms (idempotent)."""
         if isinstance(num_terms, bool) or not isinstance(num_terms, int) or num_terms < 1:
-            raise ValueError(
-                "Argument `num_terms` must be a positive integer; "
-                f"received num_terms={num_terms!r}."
-            )
+            raise ValueError(f"Argument `num_terms` must be a positive integer; received num_terms={num_terms!r}.")
         if self.built:
             if num_terms != self.num_terms:
                 raise ValueError(
-                    f"Balancer '{self.name}' was built for {self.num_terms} loss "
-                    f"terms but received {num_terms} terms."
+                    f"Balancer '{self.name}' was built for {self.num_terms} loss terms but received {num_terms} terms."
                 )
             return
         self.num_terms = num_terms
@@ -196,9 +160,7 @@ class Balancer(keras.layers.Layer):
         )
         # The K losses of the latest step as received (NaN included), for
         # logging (`keras_balance.callbacks.BalanceHistory`).
-        self.term_losses = self.add_weight(
-            shape=(num_terms,), initializer="zeros", trainable=False, name="term_losses"
-        )
+        self.term_losses = self.add_weight(shape=(num_terms,), initializer="zeros", trainable=False, name="term_losses")
 
     def _bookkeeping(self):
         return [v for v in (getattr(self, "term_weights", None), getattr(self, "term_losses", None)) if v is not None]
@@ -465,3 +427,20 @@ def gramian(jacobian):
     """The float64 K x K Gramian `J J^T` of a (K, P) Jacobian."""
     jacobian = tf.cast(jacobian, tf.float64)
     return tf.matmul(jacobian, jacobian, transpose_b=True)
+
+
+# -- seeds -------------------------------------------------------------------
+
+
+def add_seed_weight(balancer, seed, name):
+    """Create the int64 scalar variable `name` of `balancer`, holding the seed of its draws.
+
+    A draw is a stateless function of this variable and of a step counter, so
+    the random sequence is saved and restored with the balancer's variables.
+    `seed=None` draws a seed from the operating system's entropy, once, when
+    the state is built.
+    """
+    if seed is None:
+        seed = np.random.SeedSequence().entropy % (2**31)
+    initializer = keras.initializers.Constant(int(seed))
+    return balancer.add_weight(shape=(), initializer=initializer, dtype="int64", trainable=False, name=name)

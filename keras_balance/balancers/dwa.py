@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, check_positive, check_range
+from keras_balance.balancers.arguments import check_positive, check_range
+from keras_balance.balancers.base import LossBalancer
 
 DWA_PERIODS = ("epoch", "step")
 

@@ -1,9 +1,9 @@
 """Linear scalarization with constant weights: the baseline of every benchmark."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_balance.balancers.arguments import check_weight_vector
 from keras_balance.balancers.base import LossBalancer
 
 
@@ -31,24 +31,7 @@ class Sum(LossBalancer):
 
     def __init__(self, weights=None, num_terms=None, nan_policy="skip", name="sum", **kwargs):
         if weights is not None:
-            values = np.asarray(weights, dtype="float64")
-            if values.ndim != 1 or values.size == 0:
-                raise ValueError(
-                    "Argument `weights` must be a non-empty 1-D sequence of numbers; "
-                    f"received weights={weights!r}."
-                )
-            if not np.all(np.isfinite(values)) or np.any(values < 0):
-                raise ValueError(
-                    "Argument `weights` must contain finite, non-negative numbers; "
-                    f"received weights={weights!r}."
-                )
-            if num_terms is not None and num_terms != values.size:
-                raise ValueError(
-                    f"Argument `num_terms`={num_terms!r} disagrees with the "
-                    f"{values.size} entries of `weights`."
-                )
-            num_terms = int(values.size)
-            weights = [float(v) for v in values]
+            weights, num_terms = check_weight_vector("weights", weights, num_terms)
         self.fixed_weights = weights
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 

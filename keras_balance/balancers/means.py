@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, as_loss_vector, check_positive, check_range
+from keras_balance.balancers.arguments import check_positive, check_range
+from keras_balance.balancers.base import LossBalancer, as_loss_vector
 
 
 def _clamp_below(values, floor):

@@ -5,7 +5,8 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_balance.balancers.base import GradientBalancer, check_range, gramian
+from keras_balance.balancers.arguments import check_range
+from keras_balance.balancers.base import GradientBalancer, gramian
 from keras_balance.balancers.qp import frank_wolfe_min_norm_weights, min_norm_weights
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")

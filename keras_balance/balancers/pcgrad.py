@@ -1,10 +1,10 @@
 """PCGrad: project each gradient off the gradients it conflicts with."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import GradientBalancer
+from keras_balance.balancers.arguments import check_seed
+from keras_balance.balancers.base import GradientBalancer, add_seed_weight
 
 REDUCTIONS = ("sum", "mean")
 
@@ -69,21 +69,12 @@ class PCGrad(GradientBalancer):
                 f"Argument `reduction` must be one of {REDUCTIONS}; received reduction={reduction!r}."
             )
         self.reduction = reduction
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"Argument `seed` must be an int or None; received seed={seed!r}.")
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 
     def build_state(self, num_terms):
         # The orders of step t are a stateless function of (order_seed, t).
-        seed = np.random.SeedSequence().entropy % (2**31) if self.seed is None else self.seed
-        self.order_seed = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(int(seed)),
-            dtype="int64",
-            trainable=False,
-            name="order_seed",
-        )
+        self.order_seed = add_seed_weight(self, self.seed, "order_seed")
 
     def orders(self, num_terms):
         """The K visiting orders of this step: row i is a random permutation of 0..K-1.

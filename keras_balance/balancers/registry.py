@@ -28,6 +28,16 @@ def register(name, cls=None):
     return add if cls is None else add(cls)
 
 
+def _lookup(name):
+    """The class registered under `name` (case-insensitive); a `ValueError` names the known ones."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"Unknown balancer: balancer={name!r}. Known balancers: {', '.join(sorted(_REGISTRY))}."
+        )
+    return _REGISTRY[key]
+
+
 def available():
     """Return `{name: class}` of every registered balancer, sorted by name."""
     return dict(sorted(_REGISTRY.items()))
@@ -48,9 +58,72 @@ def example(name, num_terms, **options):
     [1.0, 1.0]
     """
     cls = _REGISTRY[name.lower()] if isinstance(name, str) else name
-    arguments = dict(cls.required_arguments(num_terms))
-    arguments.update(options)
-    return cls(**arguments)
+    return cls(**arguments(cls, num_terms, **options))
+
+
+def arguments(name, num_terms, **options):
+    """The constructor arguments of a registered balancer for `num_terms` terms.
+
+    The balancer's `required_arguments(num_terms)` (what it cannot be built
+    without), with `options` overriding or adding to them.
+
+    Args:
+        name: a registered name (case-insensitive) or a `Balancer` subclass.
+        num_terms: K, the number of loss terms.
+        **options: more constructor arguments.
+
+    Example:
+
+    >>> arguments("prior_loss", 2, epsilon=0.0)
+    {'prior_losses': [1.0, 1.0], 'epsilon': 0.0}
+    """
+    cls = _lookup(name) if isinstance(name, str) else name
+    return {**cls.required_arguments(num_terms), **options}
+
+
+def resolve(identifier, num_terms=None, options=None, seed=None):
+    """A new balancer from a name and its options, as the command line and the harness give them.
+
+    The one place where a name on its way to a training step becomes a
+    balancer: the required arguments are filled in (with `num_terms`), a
+    random balancer is seeded (with `seed`), and the constructor checks the
+    options against its signature and their values.
+
+    Args:
+        identifier: a registered name (case-insensitive); anything else `get`
+            accepts (an instance, a class, a config dict) is passed to `get`
+            as is, without `options`.
+        num_terms: K; when given, the arguments the balancer cannot be built
+            without (`required_arguments(num_terms)`) are filled in where
+            `options` does not give them. None: `options` must hold them.
+        options: a dict of constructor arguments, or None.
+        seed: the seed of a balancer that takes one, unless `options` holds
+            one; ignored by the others (and when None).
+
+    Returns:
+        A `Balancer` instance.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones; or from the
+            constructor, for an unusable option value.
+        TypeError: from the constructor, for an unknown or missing argument.
+
+    Example:
+
+    >>> resolve("prior_loss", num_terms=3).prior_losses
+    [1.0, 1.0, 1.0]
+    >>> resolve("rlw", options={"name": "random"}, seed=7).name
+    'random'
+    """
+    if not isinstance(identifier, str):
+        return get(identifier)
+    cls = _lookup(identifier)
+    options = dict(options or {})
+    if num_terms is not None:
+        options = arguments(cls, num_terms, **options)
+    if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
+        options.setdefault("seed", seed)
+    return cls(**options)
 
 
 def serialize(balancer):
@@ -88,13 +161,7 @@ def get(identifier, **kwargs):
             )
         return identifier
     if isinstance(identifier, str):
-        key = identifier.lower()
-        if key not in _REGISTRY:
-            raise ValueError(
-                f"Unknown balancer: balancer={identifier!r}. "
-                f"Known balancers: {', '.join(sorted(_REGISTRY))}."
-            )
-        return _REGISTRY[key](**kwargs)
+        return _lookup(identifier)(**kwargs)
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if inspect.isclass(identifier) and issubclass(identifier, Balancer):

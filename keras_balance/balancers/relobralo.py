@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, check_positive, check_range
+from keras_balance.balancers.arguments import check_positive, check_range, check_seed
+from keras_balance.balancers.base import LossBalancer, add_seed_weight
 
 
 def balanced_softmax(losses, reference, temperature, epsilon):
@@ -96,9 +97,7 @@ class ReLoBRaLo(LossBalancer):
         self.temperature = check_positive("temperature", temperature)
         self.rho = check_range("rho", rho, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, float("inf"), high_open=True)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"Argument `seed` must be an int or None; received seed={seed!r}.")
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 
     def build_state(self, num_terms):
@@ -117,14 +116,7 @@ class ReLoBRaLo(LossBalancer):
         )
         # The draw of step t is a stateless function of (lookback_seed, t), so the
         # random sequence is saved and restored with the step counter.
-        seed = np.random.SeedSequence().entropy % (2**31) if self.seed is None else self.seed
-        self.lookback_seed = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(int(seed)),
-            dtype="int64",
-            trainable=False,
-            name="lookback_seed",
-        )
+        self.lookback_seed = add_seed_weight(self, self.seed, "lookback_seed")
 
     def compute_weights(self, losses):
         step = self.step.value

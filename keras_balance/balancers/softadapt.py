@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, check_range
+from keras_balance.balancers.arguments import check_range
+from keras_balance.balancers.base import LossBalancer
 
 SOFTADAPT_VARIANTS = ("original", "normalized", "loss_weighted")
 

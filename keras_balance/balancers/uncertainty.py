@@ -5,7 +5,8 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_balance.balancers.base import LossBalancer, as_loss_vector, check_positive
+from keras_balance.balancers.arguments import check_positive
+from keras_balance.balancers.base import LossBalancer, as_loss_vector
 
 REGULARIZERS = ("kendall", "log1p")
 

@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-from keras_balance.balancers.base import GradientBalancer, check_range
+from keras_balance.balancers.arguments import check_range
+from keras_balance.balancers.base import GradientBalancer
 from keras_balance.balancers.qp import dual_cone_weights
 
 

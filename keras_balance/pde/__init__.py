@@ -1,8 +1,13 @@
-"""PDE problems: term names, collocation sampling, `compute_loss`, exact solutions."""
+"""PDE problems: term names, collocation sampling, `compute_loss`, exact solutions.
+
+`serialize(pde)` and `deserialize(config)` save and restore a problem (of any
+subclass of `PDE`) inside the configs of the models and losses built on it.
+"""
 
 from keras_balance.pde.base import PDE, SAMPLING_METHODS
 from keras_balance.pde.helmholtz import HelmholtzPDE
 from keras_balance.pde.kirchhoff import KirchhoffPDE
+from keras_balance.pde.serialization import deserialize, serialize
 
 PROBLEMS = {"helmholtz": HelmholtzPDE, "kirchhoff": KirchhoffPDE}
 
@@ -17,4 +22,13 @@ def get(name, **kwargs):
     return PROBLEMS[key](**kwargs)
 
 
-__all__ = ["PDE", "SAMPLING_METHODS", "HelmholtzPDE", "KirchhoffPDE", "PROBLEMS", "get"]
+__all__ = [
+    "PDE",
+    "SAMPLING_METHODS",
+    "HelmholtzPDE",
+    "KirchhoffPDE",
+    "PROBLEMS",
+    "get",
+    "serialize",
+    "deserialize",
+]

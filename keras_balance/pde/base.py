@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from keras_balance.pde.serialization import register
+
 EDGES = ("left", "right", "bottom", "top")
 
 #: Collocation sampling methods of `PDE.sample`.
@@ -63,6 +65,12 @@ class PDE(abc.ABC):
     of `derivatives`, and it returns a list of K per-point terms of shape
     (N, 1). The scalar loss of term i is the mean of its per-point values over
     the whole batch (interior and boundary points together), as in the article.
+
+    A subclass whose constructor takes arguments returns them from
+    `get_config()`; `from_config(config)` calls `cls(**config)`. Every
+    subclass is registered for Keras serialization when it is defined (see
+    `keras_balance.pde.serialization`), so the models and losses built on it
+    save and load with it.
     """
 
     term_names = ()
@@ -90,8 +98,18 @@ class PDE(abc.ABC):
     def __repr__(self):
         return f"{type(self).__name__}({self.get_config()})"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register(cls)
+
     def get_config(self):
+        """The constructor arguments of the problem, JSON-compatible. Default `{}`."""
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """The problem built from the output of `get_config()`."""
+        return cls(**config)
 
     # -- geometry ------------------------------------------------------------
 

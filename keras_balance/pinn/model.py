@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
+from keras_balance import pde as pde_lib
 from keras_balance.models import BalancedModel
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
 from keras_balance.pinn.networks import mlp
@@ -183,20 +184,16 @@ class PINNModel(BalancedModel):
         return self.solution(inputs, training=training)
 
     def get_config(self):
-        from keras_balance.losses import _pde_config
-
         config = super().get_config()
         config.pop("term_names", None)  # the PDE's
-        config["pde"] = _pde_config(self.pde)
+        config["pde"] = pde_lib.serialize(self.pde)
         config["solution"] = keras.saving.serialize_keras_object(self.solution)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        from keras_balance.losses import _pde_from_config
-
         config = dict(config)
-        pde = _pde_from_config(config.pop("pde"))
+        pde = pde_lib.deserialize(config.pop("pde"), custom_objects=custom_objects)
         solution = keras.saving.deserialize_keras_object(config.pop("solution"), custom_objects=custom_objects)
         balancer = config.pop("balancer", "sum")
         config.pop("term_names", None)
