@@ -222,6 +222,19 @@ def _check_balancer(name, options=None):
         raise SystemExit(f"keras-balance: error: balancer {name!r} with --options {options or {}}: {error}") from None
 
 
+def _balancer_list(spec, num_terms=None, options=None):
+    """The names of `--balancers` ("all" or a comma-separated list), each checked as `_check_balancer` does."""
+    from keras_balance import bench
+
+    try:
+        names = bench.balancer_names(spec)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
+    for name in names:
+        _check_balancer(name, None if num_terms is None else bench.options_for(name, num_terms, options))
+    return names
+
+
 def _write_json(path, payload):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -315,15 +328,9 @@ def cmd_compare(args):
     from keras_balance import pde as pde_lib
     from keras_balance.bench.report import _json_safe
 
-    try:
-        names = bench.balancer_names(args.balancers)
-    except ValueError as error:
-        raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
     if args.resume and not args.out:
         raise SystemExit("keras-balance: error: --resume needs --out DIR, the folder of the comparison to continue")
-    num_terms = pde_lib.get(args.pde).num_terms
-    for name in names:
-        _check_balancer(name, bench.options_for(name, num_terms, args.options))
+    names = _balancer_list(args.balancers, pde_lib.get(args.pde).num_terms, args.options)
     command = "keras-balance " + shlex.join(sys.argv[1:]) if args.command_line is None else args.command_line
     comparison = bench.run_comparison(
         args.pde,
@@ -355,9 +362,8 @@ def cmd_compare(args):
 def cmd_speed(args):
     from keras_balance import bench
 
-    names = [n.strip() for n in args.balancers.split(",") if n.strip()]
-    for name in [args.baseline, *names]:
-        _check_balancer(name)
+    _check_balancer(args.baseline)
+    names = _balancer_list(args.balancers)
     times = bench.step_times(args.pde, names, steps=args.steps, repeats=args.repeats,
                              jit_compile=not args.no_jit, baseline=args.baseline)
     print(f"{args.pde}: median of {args.repeats} chunks of {args.steps} steps, "
@@ -370,17 +376,9 @@ def cmd_speed(args):
 
 
 def cmd_bench(args):
-    from keras_balance import balancers, bench
+    from keras_balance import bench
 
-    names = None
-    if args.balancers:
-        names = [n.strip().lower() for n in args.balancers.split(",") if n.strip()]
-        known = balancers.available()
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise SystemExit(
-                f"keras-balance: error: unknown balancer(s) {unknown}; known balancers: {', '.join(known)}"
-            )
+    names = _balancer_list(args.balancers) if args.balancers else None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
         rows = bench.overhead(ks=args.ks, balancers=names, jacobian_modes=modes, steps=args.steps,
@@ -430,9 +428,6 @@ def cmd_list(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    # Quiet TensorFlow's C++ start-up messages for the command line only
-    # (before TensorFlow is imported); importing the package changes nothing.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The command line stated in results.md: the real one, or the argv given to main().
     args.command_line = None if argv is None else "keras-balance " + shlex.join(argv)
     handlers = {"train": cmd_train, "compare": cmd_compare, "speed": cmd_speed, "bench": cmd_bench,

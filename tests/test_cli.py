@@ -40,9 +40,14 @@ def test_train_writes_summary_and_figures(tmp_path, capsys):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_balancer_is_a_clear_error():
-    with pytest.raises(SystemExit, match="unknown balancer 'relobralow'.*relobralo"):
-        cli.main(["train", "helmholtz", "--balancer", "relobralow"])
+@pytest.mark.parametrize("argv", [["train", "helmholtz", "--balancer", "relobralow"],
+                                  ["compare", "helmholtz", "--balancers", "sum,relobralow"],
+                                  ["speed", "helmholtz", "--balancers", "relobralow"],
+                                  ["bench", "overhead", "--balancers", "sum,relobralow"]])
+def test_unknown_balancer_is_a_clear_error(argv):
+    """Every command checks a balancer name the same way before any training."""
+    with pytest.raises(SystemExit, match="(?i)unknown balancer.*'relobralow'.*relobralo"):
+        cli.main(argv)
 
 
 @pytest.mark.parametrize("argv", [["train", "helmholtz", "--steps", "0"], ["train", "poisson"],

@@ -43,7 +43,7 @@ def test_balancer_arguments_come_from_the_registry():
     # The harness fills in what each class declares it cannot be built without.
     for name, cls in balancers.available().items():
         assert bench.options_for(name, 3) == (dict(cls.required_arguments(3)) or None)
-    assert registry.arguments("prior_loss", 2, epsilon=0.0) == {"prior_losses": [1.0, 1.0], "epsilon": 0.0}
+    assert registry.constructor_arguments("prior_loss", 2, epsilon=0.0) == {"prior_losses": [1.0, 1.0], "epsilon": 0.0}
     # One function builds a balancer from a name for the command line and the harness.
     assert registry.resolve("prior_loss", num_terms=3).prior_losses == [1.0, 1.0, 1.0]
     assert registry.resolve("prior_loss", 3, {"prior_losses": [2.0, 1.0, 1.0]}).prior_losses == [2.0, 1.0, 1.0]

@@ -1,6 +1,9 @@
 """The installed package: dependencies, entry point, public names."""
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 
 import keras
 import tensorflow as tf
@@ -18,7 +21,26 @@ def test_dependencies_import_together():
 
 def test_console_script_is_declared():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("keras-balance") == "keras_balance.cli:main"
+    assert scripts.get("keras-balance") == "keras_balance_cli:main"
+
+
+def _run(code):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_package_changes_no_process_setting():
+    code = ("import os; before = dict(os.environ); import keras_balance; "
+            "print(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)))")
+    assert _run(code) == "[]"
+
+
+def test_the_command_quiets_tensorflow_for_itself():
+    code = ("import os, keras_balance_cli; keras_balance_cli.main(['list']); "
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
+    assert _run(code) == "2"
 
 
 def test_public_names():

@@ -20,7 +20,16 @@ from keras_balance.balancers.pcgrad import PCGrad
 from keras_balance.balancers.gradnorm import GradNorm
 from keras_balance.balancers.lr_annealing import LRAnnealing
 from keras_balance.balancers.means import GeneralizedMean
-from keras_balance.balancers.registry import available, deserialize, example, get, register, serialize
+from keras_balance.balancers.registry import (
+    available,
+    constructor_arguments,
+    deserialize,
+    example,
+    get,
+    register,
+    resolve,
+    serialize,
+)
 from keras_balance.balancers.dwa import DWA
 from keras_balance.balancers.relobralo import ReLoBRaLo
 from keras_balance.balancers.prior_statistics import prior_loss
@@ -80,6 +89,8 @@ __all__ = [
     "DualProj",
     "available",
     "example",
+    "constructor_arguments",
+    "resolve",
     "get",
     "register",
     "serialize",

@@ -58,10 +58,10 @@ def example(name, num_terms, **options):
     [1.0, 1.0]
     """
     cls = _REGISTRY[name.lower()] if isinstance(name, str) else name
-    return cls(**arguments(cls, num_terms, **options))
+    return cls(**constructor_arguments(cls, num_terms, **options))
 
 
-def arguments(name, num_terms, **options):
+def constructor_arguments(name, num_terms, **options):
     """The constructor arguments of a registered balancer for `num_terms` terms.
 
     The balancer's `required_arguments(num_terms)` (what it cannot be built
@@ -74,7 +74,7 @@ def arguments(name, num_terms, **options):
 
     Example:
 
-    >>> arguments("prior_loss", 2, epsilon=0.0)
+    >>> constructor_arguments("prior_loss", 2, epsilon=0.0)
     {'prior_losses': [1.0, 1.0], 'epsilon': 0.0}
     """
     cls = _lookup(name) if isinstance(name, str) else name
@@ -120,7 +120,7 @@ def resolve(identifier, num_terms=None, options=None, seed=None):
     cls = _lookup(identifier)
     options = dict(options or {})
     if num_terms is not None:
-        options = arguments(cls, num_terms, **options)
+        options = constructor_arguments(cls, num_terms, **options)
     if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
         options.setdefault("seed", seed)
     return cls(**options)

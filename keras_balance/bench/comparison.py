@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
 from keras_balance import pde as pde_lib
-from keras_balance.balancers.registry import arguments
+from keras_balance.balancers.registry import constructor_arguments
 from keras_balance.bench.progress import RunProgress
 from keras_balance.bench.report import _json_safe, write_comparison
 from keras_balance.bench.run import DEFAULTS, _check_positive_int, problem_name, train
@@ -53,7 +53,7 @@ def options_for(name, num_terms, balancer_options=None):
     has no hyper-parameters), or a dict keyed by balancer names
     (`{"relobralo": {"temperature": 1.0}}`). Balancers that need arguments
     get their `required_arguments(num_terms)` when not given (see
-    `keras_balance.balancers.registry.arguments`: `prior_loss` gets equal
+    `keras_balance.balancers.registry.constructor_arguments`: `prior_loss` gets equal
     priors, so that it can run at all; on a PDE there is no label
     distribution).
 
@@ -74,7 +74,7 @@ def options_for(name, num_terms, balancer_options=None):
         # Sum has no hyper-parameters: the baseline every comparison adds
         # runs as it is when one dict of options is meant for the others.
         given = {}
-    return arguments(name, num_terms, **given) or None
+    return constructor_arguments(name, num_terms, **given) or None
 
 
 def _finite_stats(values):
