@@ -183,15 +183,7 @@ class GeneralizedMean(LossBalancer):
 
     summary = "Differentiable power mean ((1/K) sum L_i^gamma)^(1/gamma): 1 mean, 0 geometric, inf max (Su 2022)."
 
-    def __init__(
-        self,
-        gamma=0.0,
-        epsilon=1e-12,
-        num_terms=None,
-        nan_policy="skip",
-        name="generalized_mean",
-        **kwargs,
-    ):
+    def __init__(self, gamma=0.0, epsilon=1e-12, num_terms=None, nan_policy="skip", name="generalized_mean", **kwargs):
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
             raise TypeError(
                 f"Argument `gamma` must be a real number or +/-inf; received gamma={gamma!r} "

@@ -84,15 +84,7 @@ class InitialLoss(LossBalancer):
 
     summary = "Each term divided by its initial value L_i(0) (mean of the first n steps)."
 
-    def __init__(
-        self,
-        n_initial=1,
-        epsilon=1e-12,
-        num_terms=None,
-        nan_policy="skip",
-        name="initial_loss",
-        **kwargs,
-    ):
+    def __init__(self, n_initial=1, epsilon=1e-12, num_terms=None, nan_policy="skip", name="initial_loss", **kwargs):
         if isinstance(n_initial, bool) or not isinstance(n_initial, (int, np.integer)):
             raise TypeError(
                 "Argument `n_initial` must be an int >= 1; "
