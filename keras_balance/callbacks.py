@@ -1,5 +1,7 @@
 """Callbacks that record and report balanced training."""
 
+import logging
+
 import keras
 import numpy as np
 
@@ -53,6 +55,29 @@ class ExactErrorHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self.pde.error(self.predict, n=self.grid))
+
+
+class SkippedStepsWarning(keras.callbacks.Callback):
+    """Warn once per `fit` when training steps were skipped because they were not finite.
+
+    `BalancedModel.fit` adds it. It reads the `skipped_steps` metric at the
+    end of each epoch and logs a warning (logger `keras_balance`) the first
+    time it is positive.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.warned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        skipped = (logs or {}).get("skipped_steps")
+        if not self.warned and skipped is not None and float(skipped) > 0:
+            self.warned = True
+            logging.getLogger("keras_balance").warning(
+                "keras_balance: %d training step(s) of epoch %d were skipped: a loss term or a gradient "
+                "was NaN or infinite. The parameters, the optimizer and the balancer kept their state; "
+                "History's `skipped_steps` counts the skipped steps of every epoch.",
+                int(round(float(skipped))), epoch + 1,
+            )
 
 
 class BalancerEpochEnd(keras.callbacks.Callback):

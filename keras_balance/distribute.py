@@ -43,6 +43,15 @@ def replica_mean(values):
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
 
 
+def all_replicas(flag):
+    """A boolean scalar that is True on every replica only when `flag` is True on all of them."""
+    context = _replica_context()
+    if context is None:
+        return flag
+    failures = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(flag, tf.float32))
+    return failures < 0.5
+
+
 def globalize(terms):
     """Terms with the values of the replica mean and the gradients of the local terms."""
     context = _replica_context()
@@ -68,4 +77,4 @@ def scale(value):
     return value * tf.cast(1.0 / replicas, value.dtype)
 
 
-__all__ = ["num_replicas", "replica_mean", "globalize", "gather_columns", "scale"]
+__all__ = ["num_replicas", "replica_mean", "all_replicas", "globalize", "gather_columns", "scale"]

@@ -1,34 +1,84 @@
-"""Apply an optimizer update only when the step is finite.
+"""Skip a training step that is not finite, whole.
 
-A step whose loss terms are NaN or infinite must not reach the parameters:
-`apply_if_finite` applies the gradients when the terms are finite and leaves
-the parameters, the optimizer's state and its `iterations` untouched
-otherwise (applying zero gradients instead would still move the parameters
-through Adam's momentum). Graph-safe, XLA-compatible, and correct under
-`tf.distribute`, where every replica sees the same (global) terms and so
-all replicas skip together.
+A step whose loss terms or gradients hold a NaN or an infinity must reach
+neither the parameters nor the balancer's state. Gradients can be non-finite
+behind finite terms (a saturated `tanh` on an infinite input gives
+`inf * 0 = NaN` in the backward pass; so does `sqrt(0)` inside a term), so the
+decision covers both.
+
+`balancer_snapshot` records the balancer's state when the step begins;
+`apply_if_finite` applies the gradients when the step is finite and otherwise
+leaves the parameters, the optimizer's state and its `iterations` untouched
+(applying zero gradients instead would still move the parameters through
+Adam's momentum) and puts the balancer's state back as it was. Graph-safe,
+XLA-compatible, and correct under `tf.distribute`, where the replicas agree
+on the decision so all of them skip together.
 """
 
+import keras
 import tensorflow as tf
 
+from keras_balance import distribute
 
-def apply_if_finite(optimizer, grads, variables, terms):
-    """Apply `grads` to `variables` with `optimizer`, or skip the step when `terms` are not all finite.
+
+def _restorable(balancer):
+    # The latest losses stay as received, for logging (a skipped step shows them).
+    return [v for v in balancer.non_trainable_variables if v is not balancer.term_losses]
+
+
+def balancer_snapshot(balancer):
+    """The values of the balancer's state at the start of a step (to restore if it is skipped)."""
+    return [tf.identity(v.value) for v in _restorable(balancer)]
+
+
+def _all_finite(grads):
+    flags = [tf.constant(True)]
+    for g in grads:
+        if g is not None:
+            values = g.values if isinstance(g, tf.IndexedSlices) else g
+            flags.append(tf.reduce_all(tf.math.is_finite(values)))
+    return tf.reduce_all(tf.stack(flags))
+
+
+def step_is_finite(terms, grads):
+    """Two boolean scalars, agreed by every replica: are the terms finite, and are the gradients?"""
+    terms_finite = distribute.all_replicas(tf.reduce_all(tf.math.is_finite(terms)))
+    return terms_finite, distribute.all_replicas(_all_finite(grads))
+
+
+def apply_if_finite(optimizer, grads, variables, terms, balancer=None, snapshot=None):
+    """Apply `grads` to `variables` with `optimizer`, or skip the step when it is not finite.
 
     Args:
         optimizer: a Keras optimizer.
         grads: the gradients, one per variable (None for none).
         variables: the trainable variables.
-        terms: the step's loss terms; the decision is `all(isfinite(terms))`.
+        terms: the step's loss terms.
+        balancer: optional; its state is put back to `snapshot` when the step
+            is skipped.
+        snapshot: `balancer_snapshot(balancer)`, taken when the step began.
+
+    Under mixed precision (a `keras.optimizers.LossScaleOptimizer`),
+    gradients that overflow are the optimizer's business: it skips those
+    updates itself while it lowers its loss scale, so they reach it, and they
+    are not counted as skipped steps; the balancer's state is still put back.
+
+    Returns:
+        `(applied, skipped)`, boolean scalars: did the step change anything
+        (terms and gradients finite), and was it skipped as not finite (what
+        `BalancedModel` counts)? The decision depends on the gradients, so
+        XLA cannot start the conditional before the backward pass, which on
+        CPU would slow the backward pass down by half.
     """
-    finite = tf.reduce_all(tf.math.is_finite(terms))
-    # Decide once the gradients exist. A predicate that is ready before them
-    # (it needs only the forward pass) lets XLA on CPU start the conditional
-    # early, and the backward pass then runs about half as fast: on the
-    # Kirchhoff plate a Sum step took 2x as long.
-    computed = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
-    with tf.control_dependencies(computed):
-        finite = tf.identity(finite)
+    terms_finite, grads_finite = step_is_finite(terms, grads)
+    applied = tf.logical_and(terms_finite, grads_finite)
+    if balancer is not None:
+        for variable, old in zip(_restorable(balancer), snapshot):
+            variable.assign(tf.where(applied, variable.value, old))
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        finite, skipped = terms_finite, tf.logical_not(terms_finite)
+    else:
+        finite, skipped = applied, tf.logical_not(applied)
     grads = [None if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in grads]
 
     def apply():
@@ -36,7 +86,7 @@ def apply_if_finite(optimizer, grads, variables, terms):
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
         tf.cond(finite, apply, lambda: None)
-        return
+        return applied, skipped
 
     def cross_replica(distribution, finite, grads):
         # The optimizer's update calls `merge_call`, which a `tf.cond` in a
@@ -48,6 +98,7 @@ def apply_if_finite(optimizer, grads, variables, terms):
         tf.cond(distribution.experimental_local_results(finite)[0], apply_on_replicas, lambda: None)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
+    return applied, skipped
 
 
-__all__ = ["apply_if_finite"]
+__all__ = ["apply_if_finite", "balancer_snapshot", "step_is_finite"]

@@ -77,6 +77,9 @@ class BalancedLoss(keras.losses.Loss):
                 f"received the {self.balancer.kind}-level balancer {self.balancer.name!r}. "
                 "Gradient-level balancers need `BalancedModel`."
             )
+        # One owner per balancer on every route: a second loss (or a model)
+        # would advance this state with its own losses.
+        self.balancer.claim(self)
         self.balancer.build_for(len(self.term_names))
         if self.balancer.trainable_weights:
             raise ValueError(

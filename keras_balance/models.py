@@ -14,9 +14,32 @@ import tensorflow as tf
 from keras_balance import balancers as balancers_lib
 from keras_balance import compat, distribute, jacobians
 from keras_balance.distribute_workarounds import MultiWorkerFixes
-from keras_balance.finite import apply_if_finite
+from keras_balance.finite import apply_if_finite, balancer_snapshot
 from keras_balance.jacobians import JACOBIAN_MODES
 from keras_balance.terms import LatestValue, OutputLosses, as_term_vector, output_keys, term_list
+
+
+def _metric_name(metric):
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", None)
+
+
+def _check_metric_names(term_names, *metric_groups):
+    """Each term, its weight (`w_<term>`), `loss` and `skipped_steps` must have a History key of its own."""
+    taken = {"loss": "the weighted total", "skipped_steps": "the count of skipped steps"}
+    taken.update({f"w_{name}": f"the weight of term {name!r}" for name in term_names})
+    for group in metric_groups:
+        for metric in keras.tree.flatten(group) if group is not None else []:
+            name = _metric_name(metric)
+            if name is not None:
+                taken.setdefault(str(name), f"the compiled metric {name!r}")
+    clashes = [f"{name!r} (also {taken[name]})" for name in term_names if name in taken]
+    if clashes:
+        raise ValueError(
+            f"Argument `term_names` must not reuse a name that History already shows: {', '.join(clashes)}; "
+            f"received term_names={tuple(term_names)!r}. Rename the term."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -68,6 +91,8 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
     feature_layer = None
     #: The per-output losses given to `compile(loss=...)`, or None.
     output_losses = None
+    #: The metric counting the training steps skipped in an epoch (not finite).
+    skipped_steps = None
 
     def __new__(cls, *args, **kwargs):
         # A functional model is built from a variant class with Keras'
@@ -94,6 +119,8 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 )
         elif self.term_names is not None:
             term_names = tuple(self.term_names)
+        if term_names is not None:
+            _check_metric_names(term_names)
         balancer = balancers_lib.get(balancer)
         if balancer.kind not in (balancers_lib.LOSS_LEVEL, balancers_lib.GRADIENT_LEVEL):
             raise TypeError(f"Argument `balancer` has an unknown kind {balancer.kind!r}.")
@@ -111,6 +138,8 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 balancer.build_for(len(term_names))
                 self.term_metrics = [keras.metrics.Mean(name=name) for name in term_names]
                 self.weight_metrics = [LatestValue(name=f"w_{name}") for name in term_names]
+            if self.skipped_steps is None:
+                self.skipped_steps = keras.metrics.Sum(name="skipped_steps")
         finally:
             if locked:
                 self._tracker.lock()
@@ -168,6 +197,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 "BalancedModel needs the names of its loss terms: pass `term_names` to the "
                 "constructor or to `compile`, or set `term_names` on the subclass."
             )
+        _check_metric_names(self.term_names, kwargs.get("metrics"), kwargs.get("weighted_metrics"))
         super().compile(optimizer=optimizer, **kwargs)
         if loss is not None:
             # Keep the per-output losses in the compile config (for load_model).
@@ -187,15 +217,20 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`; calls a per-epoch balancer's `end_epoch()` after each epoch."""
-        if self.balancer.needs_epoch_end:
-            from keras_balance.callbacks import BalancerEpochEnd
+        """`keras.Model.fit`; calls a per-epoch balancer's `end_epoch()` after each epoch.
 
-            callbacks = list(callbacks or [])
-            if not any(isinstance(c, BalancerEpochEnd) for c in callbacks):
-                # First, so that checkpoints written at the epoch's end
-                # (BackupAndRestore, ModelCheckpoint) hold the updated state.
-                callbacks.insert(0, BalancerEpochEnd(self))
+        A step whose terms or gradients are not finite is skipped whole; the
+        `skipped_steps` metric counts them per epoch, and the first epoch
+        that has one prints a warning (once per `fit`).
+        """
+        from keras_balance.callbacks import BalancerEpochEnd, SkippedStepsWarning
+
+        callbacks = list(callbacks or [])
+        if self.balancer.needs_epoch_end and not any(isinstance(c, BalancerEpochEnd) for c in callbacks):
+            # First, so that checkpoints written at the epoch's end
+            # (BackupAndRestore, ModelCheckpoint) hold the updated state.
+            callbacks.insert(0, BalancerEpochEnd(self))
+        callbacks.append(SkippedStepsWarning())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     @property
@@ -248,8 +283,10 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # A step that is not finite (terms or gradients) leaves the balancer as it began.
+        snapshot = balancer_snapshot(self.balancer)
         if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
-            return self._gradient_level_step(x, y, sample_weight)
+            return self._gradient_level_step(x, y, sample_weight, snapshot)
         with tf.GradientTape() as tape:
             y_pred, _, terms = self._terms(x, y, sample_weight, training=True)
             # Under tf.distribute: the values of the global batch (the same
@@ -262,8 +299,12 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
             # The optimizer sums the replicas' gradients: each holds 1/replicas.
             objective = self.optimizer.scale_loss(distribute.scale(total + regularization))
         grads = tape.gradient(objective, variables)
-        apply_if_finite(self.optimizer, grads, variables, tf.stop_gradient(terms))
-        return self._record(total + regularization, tf.stop_gradient(terms), weights, y, y_pred, sample_weight)
+        applied, skipped = apply_if_finite(
+            self.optimizer, grads, variables, tf.stop_gradient(terms), self.balancer, snapshot
+        )
+        weights = tf.where(applied, weights, self.balancer.term_weights.value)
+        return self._record(total + regularization, tf.stop_gradient(terms), weights, y, y_pred, sample_weight,
+                            skipped)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -278,7 +319,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         total = total + self._regularization_loss()
         return self._record(total, terms, weights, y, y_pred, sample_weight)
 
-    def _gradient_level_step(self, x, y, sample_weight):
+    def _gradient_level_step(self, x, y, sample_weight, snapshot):
         # A balancer that updates every n steps (LR annealing) needs the
         # per-term gradients only on its update steps; in between a weighted
         # sum costs what Sum costs. The choice is read from the balancer's
@@ -304,10 +345,11 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         # gradients were averaged over replicas) or its share of it (held
         # weights, features); the optimizer sums them: each holds 1/replicas.
         grads = [distribute.scale(tf.cast(g, v.dtype)) for g, v in zip(grads, variables)]
-        apply_if_finite(self.optimizer, grads, variables, terms)
+        applied, skipped = apply_if_finite(self.optimizer, grads, variables, terms, self.balancer, snapshot)
         self.balancer.record_losses(terms)
+        weights = tf.where(applied, weights, self.balancer.term_weights.value)
         total = tf.reduce_sum(weights * terms)
-        return self._record(total + regularization, terms, weights, y, y_pred, sample_weight)
+        return self._record(total + regularization, terms, weights, y, y_pred, sample_weight, skipped)
 
     def _gradient_pass(self, x, y, sample_weight, per_term, scheduled=False):
         """Forward pass, then the gradients: combined by the balancer, or with held weights.
@@ -359,8 +401,11 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         grads = jacobians.zeros_for_none(grads, variables)
         return grads, tf.cast(weights, "float32"), losses, y_pred, regularization
 
-    def _record(self, total, terms, weights, y, y_pred, sample_weight):
+    def _record(self, total, terms, weights, y, y_pred, sample_weight, skipped=None):
         self._loss_tracker.update_state(total)
+        if skipped is not None:
+            # Summed over replicas, which skip together: count each skipped step once.
+            self.skipped_steps.update_state(tf.cast(skipped, "float32") / distribute.num_replicas())
         for i, metric in enumerate(self.term_metrics):
             metric.update_state(terms[i])
         for i, metric in enumerate(self.weight_metrics):

@@ -93,7 +93,7 @@ class Balancer(keras.layers.Layer):
         return {}
 
     def claim(self, owner):
-        """Record the model `owner` as the one whose training run this balancer's state follows.
+        """Record `owner` (a model or a Keras loss) as the one whose training run this balancer's state follows.
 
         A balancer holds the state of one training run: two models sharing one
         would advance it with each other's losses. Raises a `ValueError` when
@@ -101,8 +101,9 @@ class Balancer(keras.layers.Layer):
         """
         current = self._owner() if self._owner is not None else None
         if current is not None and current is not owner:
+            kind = "loss" if isinstance(current, keras.losses.Loss) else "model"
             raise ValueError(
-                f"Argument `balancer`: the balancer {self.name!r} already balances the model "
+                f"Argument `balancer`: the balancer {self.name!r} already balances the {kind} "
                 f"{getattr(current, 'name', current)!r}; a balancer holds the state of one training "
                 "run. Give each its own: the balancer's name (`balancer=\"relobralo\"`) or a copy, "
                 "`type(balancer).from_config(balancer.get_config())`."

@@ -1,0 +1,74 @@
+"""One owner per balancer, on the model route and on the Keras-loss route.
+
+A balancer holds the state of one training run; two owners would advance it
+with each other's losses. The second owner gets an error that names the
+first.
+"""
+
+import pytest
+
+import keras_balance as kb
+from keras_balance import balancers
+
+
+def network():
+    pde = kb.HelmholtzPDE()
+    return pde, kb.build_pinn(pde, width=4, depth=1, seed=0)
+
+
+def test_one_balancer_in_two_losses_is_an_error():
+    pde, _ = network()
+    balancer = balancers.get("relobralo", seed=0)
+    first = kb.BalancedLoss(pde, balancer, name="first_loss")
+    with pytest.raises(ValueError, match="'relobralo' already balances the loss 'first_loss'.*from_config"):
+        kb.BalancedLoss(pde, balancer)
+    assert first.balancer is balancer
+
+
+def test_a_models_balancer_in_a_loss_is_an_error():
+    pde, net = network()
+    balancer = balancers.get("relobralo", seed=0)
+    model = kb.PINNModel(pde, net, balancer=balancer, name="trainer")
+    with pytest.raises(ValueError, match="already balances the model 'trainer'"):
+        kb.BalancedLoss(pde, balancer)
+    assert model.balancer is balancer
+
+
+def test_a_losses_balancer_in_a_model_is_an_error():
+    pde, net = network()
+    loss = kb.ReLoBRaLoLoss(pde, seed=0, name="article_loss")
+    with pytest.raises(ValueError, match="already balances the loss 'article_loss'"):
+        kb.PINNModel(pde, net, balancer=loss.balancer)
+
+
+def test_a_copy_is_a_new_owner():
+    pde, _ = network()
+    balancer = balancers.get("relobralo", seed=0)
+    kb.BalancedLoss(pde, balancer)
+    copy = type(balancer).from_config(balancer.get_config())
+    assert kb.BalancedLoss(pde, copy).balancer is copy
+
+
+# -- term names and History keys ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("names, clash", [(("loss", "b"), "'loss' \\(also the weighted total\\)"),
+                                          (("b", "w_b"), "'w_b' \\(also the weight of term 'b'\\)"),
+                                          (("skipped_steps", "b"), "'skipped_steps'")])
+def test_a_term_name_that_is_a_history_key_is_an_error(names, clash):
+    import keras
+
+    inputs = keras.Input((2,))
+    with pytest.raises(ValueError, match=f"term_names.*{clash}"):
+        kb.BalancedModel(inputs, keras.layers.Dense(1)(inputs), term_names=names)
+
+
+def test_a_term_name_that_is_a_compiled_metric_is_an_error():
+    import keras
+
+    inputs = keras.Input((2,))
+    model = kb.BalancedModel(inputs, {"a": keras.layers.Dense(1)(inputs), "b": keras.layers.Dense(1)(inputs)})
+    with pytest.raises(ValueError, match="'mae' \\(also the compiled metric 'mae'\\)"):
+        model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"}, term_names=("mae", "b"), metrics=["mae"])
+    model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"}, metrics=["mae"])  # distinct names are fine
+    assert model.term_names == ("a", "b")
