@@ -130,6 +130,14 @@ def parameter_gradients(model, tape, term_list, terms, losses, variables, vector
     # Under tf.distribute: the per-term gradients of the global batch,
     # averaged over replicas before the balancer combines them.
     per_term = distribute.replica_mean(per_term)
+    untouched = [i for i, grads in enumerate(per_term) if all(g is None for g in grads)]
+    if untouched:
+        names = [model.term_names[i] for i in untouched]
+        raise ValueError(
+            f"The loss terms {names} have no gradient path to the trainable variables, so a "
+            f"gradient-level balancer cannot weigh them; received terms {list(model.term_names)}. "
+            "Compute every term from the model's prediction (or trainable variables)."
+        )
     touched = [sum(grads[v] is not None for grads in per_term) for v in range(len(variables))]
     shared = [v for v, count in enumerate(touched) if count == len(term_list)]
     scope = scope_variables(model, variables, shared)

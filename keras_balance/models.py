@@ -16,30 +16,7 @@ from keras_balance import compat, distribute, jacobians
 from keras_balance.distribute_workarounds import MultiWorkerFixes
 from keras_balance.finite import apply_if_finite, balancer_snapshot
 from keras_balance.jacobians import JACOBIAN_MODES
-from keras_balance.terms import LatestValue, OutputLosses, as_term_vector, output_keys, term_list
-
-
-def _metric_name(metric):
-    if isinstance(metric, str):
-        return metric
-    return getattr(metric, "name", None) or getattr(metric, "__name__", None)
-
-
-def _check_metric_names(term_names, *metric_groups):
-    """Each term, its weight (`w_<term>`), `loss` and `skipped_steps` must have a History key of its own."""
-    taken = {"loss": "the weighted total", "skipped_steps": "the count of skipped steps"}
-    taken.update({f"w_{name}": f"the weight of term {name!r}" for name in term_names})
-    for group in metric_groups:
-        for metric in keras.tree.flatten(group) if group is not None else []:
-            name = _metric_name(metric)
-            if name is not None:
-                taken.setdefault(str(name), f"the compiled metric {name!r}")
-    clashes = [f"{name!r} (also {taken[name]})" for name in term_names if name in taken]
-    if clashes:
-        raise ValueError(
-            f"Argument `term_names` must not reuse a name that History already shows: {', '.join(clashes)}; "
-            f"received term_names={tuple(term_names)!r}. Rename the term."
-        )
+from keras_balance.terms import LatestValue, OutputLosses, as_term_vector, check_term_names, output_keys, term_list
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -120,7 +97,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         elif self.term_names is not None:
             term_names = tuple(self.term_names)
         if term_names is not None:
-            _check_metric_names(term_names)
+            check_term_names(term_names)
         balancer = balancers_lib.get(balancer)
         if balancer.kind not in (balancers_lib.LOSS_LEVEL, balancers_lib.GRADIENT_LEVEL):
             raise TypeError(f"Argument `balancer` has an unknown kind {balancer.kind!r}.")
@@ -197,7 +174,15 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 "BalancedModel needs the names of its loss terms: pass `term_names` to the "
                 "constructor or to `compile`, or set `term_names` on the subclass."
             )
-        _check_metric_names(self.term_names, kwargs.get("metrics"), kwargs.get("weighted_metrics"))
+        if self.balancer.kind == balancers_lib.LOSS_LEVEL and (
+            self.jacobian_mode != "loop" or self.feature_layer is not None
+        ):
+            raise ValueError(
+                f"Arguments `jacobian_mode` and `feature_layer` choose how a gradient-level balancer gets "
+                f"the per-term gradients; the balancer {self.balancer.name!r} is loss-level and takes none. "
+                f"Received jacobian_mode={self.jacobian_mode!r}, feature_layer={self.feature_layer!r}."
+            )
+        check_term_names(self.term_names, kwargs.get("metrics"), kwargs.get("weighted_metrics"))
         super().compile(optimizer=optimizer, **kwargs)
         if loss is not None:
             # Keep the per-output losses in the compile config (for load_model).

@@ -55,6 +55,29 @@ def term_list(raw, terms):
     return tf.unstack(terms)
 
 
+def _metric_name(metric):
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", None)
+
+
+def check_term_names(term_names, *metric_groups):
+    """Each term, its weight (`w_<term>`), `loss` and `skipped_steps` must have a History key of its own."""
+    taken = {"loss": "the weighted total", "skipped_steps": "the count of skipped steps"}
+    taken.update({f"w_{name}": f"the weight of term {name!r}" for name in term_names})
+    for group in metric_groups:
+        for metric in keras.tree.flatten(group) if group is not None else []:
+            name = _metric_name(metric)
+            if name is not None:
+                taken.setdefault(str(name), f"the compiled metric {name!r}")
+    clashes = [f"{name!r} (also {taken[name]})" for name in term_names if name in taken]
+    if clashes:
+        raise ValueError(
+            f"Argument `term_names` must not reuse a name that History already shows: {', '.join(clashes)}; "
+            f"received term_names={tuple(term_names)!r}. Rename the term."
+        )
+
+
 def output_keys(model):
     """The names under which a model's outputs appear in `y` and `y_pred` (None if unknown)."""
     struct = getattr(model, "_outputs_struct", None)
@@ -168,4 +191,4 @@ class LatestValue(keras.metrics.Metric):
         pass
 
 
-__all__ = ["LatestValue", "OutputLosses", "as_term_vector", "output_keys", "term_list"]
+__all__ = ["LatestValue", "OutputLosses", "as_term_vector", "check_term_names", "output_keys", "term_list"]

@@ -72,3 +72,60 @@ def test_a_term_name_that_is_a_compiled_metric_is_an_error():
         model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"}, term_names=("mae", "b"), metrics=["mae"])
     model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"}, metrics=["mae"])  # distinct names are fine
     assert model.term_names == ("a", "b")
+
+
+# -- options that do not apply, terms that cannot be trained ----------------------------------
+
+
+def two_outputs():
+    import keras
+
+    inputs = keras.Input((2,))
+    return kb.BalancedModel(inputs, {"a": keras.layers.Dense(1)(inputs), "b": keras.layers.Dense(1)(inputs)})
+
+
+@pytest.mark.parametrize("options", [{"jacobian_mode": "features"}, {"jacobian_mode": "vectorized"}])
+def test_a_jacobian_mode_for_a_loss_level_balancer_is_an_error(options):
+    model = two_outputs()
+    with pytest.raises(ValueError, match="loss-level.*jacobian_mode='(features|vectorized)'"):
+        model.compile(optimizer="adam", loss="mse", balancer="relobralo", **options)
+    model.compile(optimizer="adam", loss="mse", balancer="relobralo", jacobian_mode="loop")  # the default: fine
+
+
+class Disconnected(kb.BalancedModel):
+    term_names = ("fit", "constant")
+
+    def compute_loss_terms(self, x, y, y_pred, sample_weight=None, training=True):
+        import keras
+
+        return [keras.ops.mean((y_pred - y) ** 2), keras.ops.mean(y ** 2)]
+
+
+def disconnected(balancer):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    return Disconnected(inputs, keras.layers.Dense(1)(inputs), balancer=balancer)
+
+
+def test_a_term_without_a_gradient_path_is_an_error_for_a_gradient_level_balancer():
+    import numpy as np
+
+    model = disconnected("mgda")
+    model.compile(optimizer="adam")
+    x = np.ones((4, 2), "float32")
+    with pytest.raises(ValueError, match=r"terms \['constant'\] have no gradient path"):
+        model.fit(x, x[:, :1], epochs=1, verbose=0)
+
+
+def test_a_term_without_a_gradient_path_is_weighted_and_logged_by_a_loss_level_balancer():
+    """Documented behaviour: the term contributes nothing to the update and is logged as usual."""
+    import numpy as np
+
+    model = disconnected("sum")
+    model.compile(optimizer="sgd")
+    x = np.ones((4, 2), "float32")
+    history = model.fit(x, 3 * x[:, :1], epochs=2, verbose=0).history
+    np.testing.assert_allclose(history["constant"], [9.0, 9.0])
+    assert history["fit"][1] < history["fit"][0]
