@@ -283,3 +283,29 @@ def test_update_schedule_continues_after_loading(tmp_path):
     changes = [i for i in range(1, 5) if weights[i] != weights[i - 1]]
     assert changes == [3]
     assert int(restored.balancer.step.numpy()) == 10
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_update_schedule_after_skipped_steps_is_the_run_without_them(mode):
+    """Non-finite batches are skipped whole: the every-3-steps schedule (read
+    from the balancer's step) continues as if those batches were not there."""
+    x, y = data(n=24)
+    bad = {key: value.copy() for key, value in y.items()}
+    bad["b"][:] = np.nan
+
+    def run(with_bad_batches):
+        model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", run_eagerly=mode == "eager",
+                      jit_compile=mode == "xla")
+        for epoch in range(4):
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+            if with_bad_batches and epoch % 2 == 0:
+                history = model.fit(x, bad, batch_size=8, epochs=1, verbose=0, shuffle=False)
+                assert history.history["skipped_steps"] == [3.0]
+        return model
+
+    clean, noisy = run(False), run(True)
+    assert int(noisy.balancer.step.numpy()) == int(clean.balancer.step.numpy()) == 12
+    np.testing.assert_array_equal(noisy.balancer.term_weights.numpy(), clean.balancer.term_weights.numpy())
+    for a, b in zip(clean.trainable_variables, noisy.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
