@@ -30,6 +30,14 @@ def registered_kinds():
     return {name: cls.kind for name, cls in balancers.available().items()}
 
 
+def assert_lists_the_registry(listed, what):
+    """`listed` names every registered balancer once and nothing else; `what` completes the message."""
+    expected, listed = set(balancers.available()), list(listed)
+    assert sorted(listed) == sorted(expected), (
+        f"{what}; missing {sorted(expected - set(listed))}, extra {sorted(set(listed) - expected)}."
+    )
+
+
 def table_cells(line):
     """The cells of a Markdown table row; `\\|` is a pipe inside a cell."""
     cells = re.split(r"(?<!\\)\|", line.strip())
@@ -106,10 +114,7 @@ def test_docs_build_strict(tmp_path):
 def test_readme_method_table_matches_registry():
     expected = registered_kinds()
     listed = readme_methods()
-    assert sorted(listed) == sorted(expected), (
-        "The README's method table must list exactly the registered balancers; "
-        f"missing {sorted(set(expected) - set(listed))}, extra {sorted(set(listed) - set(expected))}."
-    )
+    assert_lists_the_registry(listed, "The README's method table must list exactly the registered balancers")
     for name, word in listed.items():
         assert word in KIND_WORDS, f"Unknown kind {word!r} for {name} in the README (use {sorted(KIND_WORDS)})."
         assert KIND_WORDS[word] == expected[name], f"The README gives {name} the kind {word!r}."
@@ -118,9 +123,8 @@ def test_readme_method_table_matches_registry():
 def test_nav_method_pages_match_registry():
     expected = registered_kinds()
     pages = nav_methods()
-    assert sorted(pages) == sorted(expected), (
-        "The Methods section of the nav must have one page per registered balancer, named after it; "
-        f"missing {sorted(set(expected) - set(pages))}, extra {sorted(set(pages) - set(expected))}."
+    assert_lists_the_registry(
+        pages, "The Methods section of the nav must have one page per registered balancer, named after it"
     )
     for name, (group, path) in pages.items():
         assert NAV_GROUPS.get(group) == expected[name], f"{path} is listed under {group!r}."
@@ -134,8 +138,8 @@ def test_nav_method_pages_match_registry():
 
 def test_methods_overview_lists_every_balancer():
     text = (DOCS / "methods" / "index.md").read_text(encoding="utf-8")
-    listed = {table_cells(line)[0].strip("`") for line in text.splitlines() if line.startswith("| `")}
-    assert listed == set(balancers.available())
+    listed = [table_cells(line)[0].strip("`") for line in text.splitlines() if line.startswith("| `")]
+    assert_lists_the_registry(listed, "docs/methods/index.md must list exactly the registered balancers")
 
 
 def test_readme_links_to_the_docs_and_the_notebooks():

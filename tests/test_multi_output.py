@@ -3,11 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from helpers import LOSS_LEVEL, make
 
 from keras_balance import BalancedModel, balancers
-
-LOSS_LEVEL = sorted(name for name, cls in balancers.available().items() if cls.kind == balancers.LOSS_LEVEL)
-OPTIONS = {"prior_loss": {"prior_losses": [1.0, float(np.log(3.0))]}}
 
 
 def _data(n=96, seed=0):
@@ -30,7 +28,7 @@ def _two_heads(balancer, seed=0):
 @pytest.mark.parametrize("name", LOSS_LEVEL)
 def test_every_loss_level_balancer_trains_a_two_head_model(name):
     x, depth, seg = _data()
-    model = _two_heads(balancers.get(name, **OPTIONS.get(name, {})))
+    model = _two_heads(make(name, 2, seed=None))
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss={"depth": "mse", "seg": "sparse_categorical_crossentropy"},
                   metrics={"seg": ["accuracy"]})

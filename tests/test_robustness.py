@@ -1,27 +1,20 @@
 """Training that survives bad input, runs under XLA and in every precision, and logs its balance."""
 
 import csv
-import inspect
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import NAMES, make
 
 import keras_balance as kb
 from keras_balance import balancers
 
-NAMES = list(balancers.available())
-
 
 def _balancer(name, num_terms=2):
-    cls = balancers.available()[name]
-    options = {}
-    if "seed" in inspect.signature(cls.__init__).parameters:
-        options["seed"] = 1
-    if name == "prior_loss":
-        options["prior_losses"] = [1.0] * num_terms
-    return balancers.get(name, **options)
+    """A registered balancer for `num_terms` terms, seeded where it draws random numbers."""
+    return make(name, num_terms, seed=1)
 
 
 # -- non-finite terms ---------------------------------------------------------------------------
@@ -196,17 +189,6 @@ def test_every_balancer_trains_both_pdes_under_xla(name, pde_name):
 
 
 # -- precision -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def floatx64():
-    # A program sets floatx before it builds any layer; a test process has
-    # built layers already, whose global dtype policy must follow.
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy("float32")
 
 
 @pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])

@@ -43,7 +43,7 @@ def available():
     return dict(sorted(_REGISTRY.items()))
 
 
-def example(name, num_terms, **options):
+def example(name, num_terms, /, **options):
     """A new registered balancer, with the required arguments for `num_terms` terms filled in.
 
     The one table of required constructor arguments is each class's
@@ -61,7 +61,7 @@ def example(name, num_terms, **options):
     return cls(**constructor_arguments(cls, num_terms, **options))
 
 
-def constructor_arguments(name, num_terms, **options):
+def constructor_arguments(name, num_terms, /, **options):
     """The constructor arguments of a registered balancer for `num_terms` terms.
 
     The balancer's `required_arguments(num_terms)` (what it cannot be built
@@ -135,8 +135,12 @@ def deserialize(config):
     """Rebuild a balancer from `serialize`'s dict (or a plain get_config dict
     with a `class_name` that names a registered balancer)."""
     class_name = config.get("class_name")
-    if isinstance(class_name, str) and class_name.lower() in _REGISTRY and "config" in config:
-        return _REGISTRY[class_name.lower()].from_config(config["config"])
+    if isinstance(class_name, str) and "config" in config:
+        # A registered name ("relobralo") or a registered class's name ("ReLoBRaLo", "PriorLoss").
+        by_class = {cls.__name__: cls for cls in _REGISTRY.values()}
+        cls = _REGISTRY.get(class_name.lower()) or by_class.get(class_name)
+        if cls is not None:
+            return cls.from_config(config["config"])
     return keras.saving.deserialize_keras_object(config)
 
 

@@ -12,14 +12,13 @@ keeping the solutions with alpha >= 0 and (G alpha)_i >= lambda for every i.
 Normalized variants divide row i by n_i first and report w_i = alpha_i / n_i.
 """
 
-
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from keras_balance.balancers.mgda import MGDA
+from helpers import jacobians
 from test_qp import ref_min_norm  # the exact enumeration of supports, written from the KKT conditions
+
+from keras_balance.balancers import MGDA
 
 SCALES = [1e-10, 1e-5, 1.0, 1e5, 1e10]
 
@@ -40,16 +39,6 @@ def ref_mgda_weights(jacobian, normalization="none", losses=None):
     scales = np.where(scales > 1e-30, scales, 1.0)
     rows = jacobian / scales[:, None]
     return ref_min_norm(rows @ rows.T) / scales
-
-
-def jacobians(seed=0, columns=12):
-    """Random (K, P) float64 matrices for K = 2..10; the rank cycles through K, 1 and K // 2."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for num in range(2, 11):
-        rank = (num, 1, max(1, num // 2))[num % 3 - 2]
-        out.append(rng.normal(size=(num, rank)) @ rng.normal(size=(rank, columns)))
-    return out
 
 
 def assert_kkt(jacobian, alpha, tol=1e-9):
@@ -264,25 +253,17 @@ def test_frank_wolfe_iteration_limit_and_tolerance():
 # -- eager, tf.function, XLA; dtypes ------------------------------------------------------------
 
 
-# K = 4: enumeration; K = 8: active set (with a loss normalization); Frank-Wolfe.
+# The solvers that the registry-wide test (K = 3: enumeration) leaves out:
+# K = 8, the active set (with a loss normalization); Frank-Wolfe.
 @pytest.mark.parametrize(
     "num, kwargs, dtype",
-    [
-        (4, {}, "float32"),
-        (8, {"normalization": "loss+"}, "float64"),
-        (5, {"solver": "frank_wolfe"}, "float32"),
-    ],
+    [(8, {"normalization": "loss+"}, "float64"), (5, {"solver": "frank_wolfe"}, "float32")],
 )
 def test_graph_and_xla_match_eager(num, kwargs, dtype):
     rng = np.random.default_rng(10)
     losses = rng.uniform(0.5, 2.0, size=num)
     jacobian = rng.normal(size=(num, 10))
-    for input_dtype in ("float32", "float64"):
-        eager = MGDA(**kwargs).aggregate(jacobian.astype(input_dtype), losses)
-        assert eager.dtype == input_dtype
     eager = MGDA(**kwargs).aggregate(jacobian.astype(dtype), losses.astype(dtype))
-    from_lists = MGDA(**kwargs).aggregate(jacobian.astype(dtype).tolist(), list(losses))
-    np.testing.assert_allclose(from_lists.numpy(), eager.numpy(), rtol=1e-5, atol=1e-7)
     rtol = 1e-5 if dtype == "float32" else 1e-10
     for jit_compile in (False, True):
         balancer = MGDA(**kwargs)
@@ -294,23 +275,7 @@ def test_graph_and_xla_match_eager(num, kwargs, dtype):
         assert int(balancer.step.numpy()) == 2
 
 
-# -- configuration ------------------------------------------------------------------------------
-
-
-def test_config_round_trip():
-    balancer = MGDA(normalization="loss+", solver="frank_wolfe", max_iterations=40, tolerance=1e-5)
-    config = balancer.get_config()
-    assert config["normalization"] == "loss+" and config["solver"] == "frank_wolfe"
-    assert config["max_iterations"] == 40 and config["tolerance"] == 1e-5
-    clone = MGDA.from_config(config)
-    assert clone.get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(balancer))
-    assert isinstance(restored, MGDA) and restored.get_config() == config
-    jacobian = jacobians(seed=11)[2]
-    losses = np.arange(1.0, 1.0 + len(jacobian))
-    np.testing.assert_array_equal(
-        clone.aggregate(jacobian, losses).numpy(), balancer.aggregate(jacobian, losses).numpy()
-    )
+# -- arguments ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -322,25 +287,8 @@ def test_config_round_trip():
         ({"max_iterations": 2.5}, "max_iterations"),
         ({"tolerance": -1.0}, "tolerance"),
         ({"tolerance": float("nan")}, "tolerance"),
-        ({"nan_policy": "ignore"}, "nan_policy"),
     ],
 )
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`.*received {name}="):
         MGDA(**kwargs)
-
-
-# -- NaN policy ---------------------------------------------------------------------------------
-
-
-def test_nan_jacobian_gives_zero_direction_and_keeps_state():
-    balancer = MGDA()
-    jacobian = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
-    balancer.aggregate(jacobian)
-    weights, step = balancer.term_weights.numpy().copy(), int(balancer.step.numpy())
-    bad = jacobian.copy()
-    bad[1, 0] = np.nan
-    direction = balancer.aggregate(bad)
-    np.testing.assert_array_equal(direction.numpy(), [0.0, 0.0])
-    np.testing.assert_array_equal(balancer.term_weights.numpy(), weights)
-    assert int(balancer.step.numpy()) == step

@@ -1,12 +1,31 @@
-"""Tests of the balancer registry and of the gradient-level contract."""
+"""Tests of the balancer registry, of what every registered balancer shares, and of the
+gradient-level contract.
+
+The registry-wide tests run over every registered name (`helpers.NAMES`), with
+its defaults and with the non-default options of `helpers.OPTIONS`: a new
+method is covered by registering it.
+"""
+
+import inspect
+import json
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import (
+    NAMES,
+    ONE_VALUE_PER_TERM,
+    OPTIONS,
+    assert_same_state,
+    full_rank,
+    make,
+    random_sequence,
+    state_of,
+    variants,
+)
 
 import keras_balance.balancers as kb
-from keras_balance.balancers import registry
 from keras_balance.balancers import (
     GRADIENT_LEVEL,
     LOSS_LEVEL,
@@ -17,11 +36,27 @@ from keras_balance.balancers import (
     Sum,
 )
 
+K = 3
+# The attributes of `Balancer` that a model or a loss adapter reads.
+CONTRACT = ("kind", "needs_epoch_end", "update_every", "weights_all_parameters", "jacobian_scope", "layer")
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """Let a test register names without leaking them into other tests."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+def step(balancer, losses, seed=0):
+    """One step with the given losses: the weights (loss level) or the direction (gradient level)."""
+    losses = np.asarray(losses, "float32")
+    if balancer.kind == LOSS_LEVEL:
+        return balancer(losses).numpy()
+    return balancer.aggregate(full_rank(len(losses), 5, seed=seed), losses).numpy()
+
+
+def run(balancer, start=0, stop=4):
+    """Steps `start` to `stop` of a fixed run (with epochs: one ends every second step)."""
+    out = []
+    for t, losses in enumerate(random_sequence(stop, K, seed=16)[start:], start):
+        out.append(step(balancer, losses, seed=t))
+        if balancer.needs_epoch_end and t % 2:
+            balancer.end_epoch()
+    return np.array(out)
 
 
 @pytest.mark.parametrize(
@@ -55,19 +90,6 @@ def test_get_class_instantiates():
     assert type(balancer) is ReLoBRaLo
     assert balancer.temperature == 2.0
     assert type(kb.get(Sum)) is Sum
-
-
-@pytest.mark.parametrize(
-    "original",
-    [lambda: ReLoBRaLo(alpha=0.7, seed=9, num_terms=3), lambda: Sum(weights=[2.0, 1.0])],
-    ids=["relobralo", "sum"],
-)
-def test_get_config_dict(original):
-    original = original()
-    rebuilt = kb.get(kb.serialize(original))
-    assert type(rebuilt) is type(original)
-    assert rebuilt is not original
-    assert rebuilt.get_config() == original.get_config()
 
 
 def test_unknown_name():
@@ -142,6 +164,106 @@ def test_register_new_balancer(isolated_registry):
     balancer = kb.get("HALVES", num_terms=2)
     assert type(balancer) is Halves
     np.testing.assert_array_equal(balancer([1.0, 2.0]).numpy(), [0.5, 0.5])
+
+
+# -- every registered balancer -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_documents_itself(name):
+    cls = kb.available()[name]
+    assert cls.kind in (LOSS_LEVEL, GRADIENT_LEVEL)
+    assert issubclass(cls, LossBalancer if cls.kind == LOSS_LEVEL else GradientBalancer)
+    assert isinstance(cls.summary, str) and cls.summary.strip() and "\n" not in cls.summary
+    assert cls.__doc__ and "Args:" in cls.__doc__
+    # The default layer name is the registered name.
+    assert make(name, K).name == name
+
+
+def test_the_table_of_options_names_registered_methods():
+    assert set(OPTIONS) <= set(NAMES)
+    assert set(ONE_VALUE_PER_TERM) <= set(NAMES)
+
+
+@pytest.mark.parametrize("num_terms", [None, K], ids=["unbuilt", "built"])
+@pytest.mark.parametrize("name, options", variants(NAMES))
+def test_config_round_trip(name, options, num_terms):
+    cls = kb.available()[name]
+    options = dict(options, nan_policy="raise", name=f"my_{name}")
+    arguments = {**cls.required_arguments(K), **options}
+    original = make(name, K, num_terms=num_terms, **options)
+    config = original.get_config()
+    for key, value in options.items():
+        assert config[key] == value, key
+    # Every constructor argument is part of the config.
+    assert set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} <= set(config)
+    fixes_terms = ONE_VALUE_PER_TERM.get(name) in arguments
+    assert config["num_terms"] == (K if num_terms or fixes_terms else None)
+    assert original.built == (config["num_terms"] is not None)
+    copies = [
+        cls.from_config(config),
+        cls.from_config(json.loads(json.dumps(config))),
+        kb.get(name, **config),
+        kb.get(kb.serialize(original)),
+        kb.deserialize(kb.serialize(original)),
+        kb.deserialize({"class_name": name.upper(), "config": config}),
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original)),
+    ]
+    for copy in copies:
+        assert type(copy) is cls and copy is not original
+        assert copy.get_config() == config
+        assert copy.built == original.built
+        for attribute in CONTRACT:
+            assert getattr(copy, attribute) == getattr(original, attribute), attribute
+    # The config carries no state: a copy made after some steps starts where the original did.
+    weights = run(original)
+    assert original.get_config() == dict(config, num_terms=K)
+    np.testing.assert_array_equal(run(cls.from_config(original.get_config())), weights)
+
+
+@pytest.mark.parametrize("name, options", variants(NAMES))
+def test_checkpoint_continues_the_run(name, options, tmp_path):
+    # Unseeded (unless the options give a seed): a drawn seed travels with the state.
+    balancer = make(name, K, num_terms=K, **{"seed": None, **options})
+    run(balancer, 0, 3)
+    saved = state_of(balancer)
+    checkpoint = tf.train.Checkpoint(balancer=balancer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    after = run(balancer, 3, 7)
+    checkpoint.restore(path).assert_consumed()
+    assert_same_state(state_of(balancer), saved)
+    np.testing.assert_array_equal(run(balancer, 3, 7), after)
+    # Into a new balancer.
+    other = make(name, K, num_terms=K, **{"seed": None, **options})
+    tf.train.Checkpoint(balancer=other).restore(path).assert_consumed()
+    assert_same_state(state_of(other), saved)
+    np.testing.assert_array_equal(run(other, 3, 7), after)
+
+
+@pytest.mark.parametrize("built_by", ["constructor", "first step"])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_number_of_terms_is_checked(name, built_by):
+    balancer = make(name, K, num_terms=K) if built_by == "constructor" else make(name, K)
+    if built_by == "first step":
+        step(balancer, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=rf"built for {K} loss terms.*\b2\b"):
+        step(balancer, [1.0, 2.0])
+    assert balancer.num_terms == K
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_common_arguments(name):
+    with pytest.raises(ValueError, match=r"`nan_policy`.*received nan_policy='ignore'"):
+        make(name, K, nan_policy="ignore")
+    for num_terms in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=rf"num_terms.*{num_terms!r}"):
+            make(name, K, num_terms=num_terms)
+    balancer = make(name, K, num_terms=K)
+    with pytest.raises(ValueError, match="rank"):
+        if balancer.kind == LOSS_LEVEL:
+            balancer(tf.ones((K, 1)))
+        else:
+            balancer.aggregate(np.ones((K,), np.float32))
 
 
 # -- gradient-level contract ------------------------------------------------------------

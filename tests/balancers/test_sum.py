@@ -1,11 +1,9 @@
 """Tests of `keras_balance.balancers.Sum` (linear scalarization)."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_balance.balancers as kb
 from keras_balance.balancers import LOSS_LEVEL, Sum
 
 
@@ -33,6 +31,7 @@ def test_fixed_weights_returned_as_given(weights):
     for losses in ([1.0] * expected.size, [0.5 + i for i in range(expected.size)]):
         np.testing.assert_array_equal(balancer(losses).numpy(), expected)
     np.testing.assert_array_equal(balancer.term_weights.numpy(), expected)
+    assert Sum.from_config(balancer.get_config()).fixed_weights == balancer.fixed_weights
 
 
 @pytest.mark.parametrize(
@@ -57,19 +56,6 @@ def test_weights_disagree_with_number_of_losses():
         balancer([1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("weights", [None, [2.0, 0.5, 3.0]])
-def test_combine_gradient_is_the_weights(weights):
-    balancer = Sum(weights=weights, num_terms=3)
-    expected = np.ones(3) if weights is None else np.asarray(weights)
-    x = tf.Variable([0.3, 1.7, 4.0])
-    with tf.GradientTape() as tape:
-        losses = tf.identity(x)
-        total, used = balancer.combine(losses)
-    np.testing.assert_array_equal(used.numpy(), expected.astype(np.float32))
-    np.testing.assert_allclose(total.numpy(), np.dot(expected, x.numpy()), rtol=1e-6)
-    np.testing.assert_allclose(tape.gradient(total, x).numpy(), expected, rtol=1e-6)
-
-
 def test_combine_accepts_list_of_scalar_tensors():
     balancer = Sum(weights=[1.0, 3.0])
     x = tf.Variable(2.0)
@@ -80,60 +66,8 @@ def test_combine_accepts_list_of_scalar_tensors():
     np.testing.assert_allclose(tape.gradient(total, x).numpy(), 2 * 2.0 + 15.0, rtol=1e-6)
 
 
-def test_evaluate_does_not_change_state():
-    balancer = Sum(weights=[1.0, 10.0])
-    balancer([0.5, 0.5])
-    before = balancer.term_weights.numpy().copy()
-    variables_before = [v.numpy().copy() for v in balancer.variables]
-    total, weights = balancer.evaluate([2.0, 3.0])
-    np.testing.assert_allclose(total.numpy(), 2.0 + 30.0, rtol=1e-6)
-    np.testing.assert_array_equal(weights.numpy(), before)
-    for old, var in zip(variables_before, balancer.variables):
-        np.testing.assert_array_equal(var.numpy(), old)
-
-
 def test_evaluate_before_first_call_uses_fixed_weights():
     balancer = Sum(weights=[1.0, 10.0])
     total, weights = balancer.evaluate([1.0, 1.0])
     np.testing.assert_array_equal(weights.numpy(), [1.0, 10.0])
     np.testing.assert_allclose(total.numpy(), 11.0, rtol=1e-6)
-
-
-def test_nan_skip_returns_previous_weights():
-    balancer = Sum(weights=[1.0, 2.0])
-    np.testing.assert_array_equal(balancer([1.0, 1.0]).numpy(), [1.0, 2.0])
-    np.testing.assert_array_equal(balancer([float("nan"), 1.0]).numpy(), [1.0, 2.0])
-    np.testing.assert_array_equal(balancer([1.0, float("inf")]).numpy(), [1.0, 2.0])
-    np.testing.assert_array_equal(balancer([3.0, 1.0]).numpy(), [1.0, 2.0])
-
-
-def test_nan_skip_at_first_call_returns_fixed_weights():
-    balancer = Sum(weights=[1.0, 2.0])
-    np.testing.assert_array_equal(balancer([float("nan"), 1.0]).numpy(), [1.0, 2.0])
-
-
-def test_nan_raise():
-    balancer = Sum(nan_policy="raise", num_terms=2)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        balancer([float("nan"), 1.0])
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"weights": [1.0, 0.5]}, {"num_terms": 4, "name": "plain"}])
-def test_config_round_trip(kwargs):
-    original = Sum(**kwargs)
-    config = original.get_config()
-    rebuilt = Sum.from_config(config)
-    assert type(rebuilt) is Sum
-    assert rebuilt.get_config() == config
-    assert rebuilt.fixed_weights == original.fixed_weights
-    assert rebuilt.num_terms == original.num_terms
-    for serialize, deserialize in [
-        (keras.saving.serialize_keras_object, keras.saving.deserialize_keras_object),
-        (kb.serialize, kb.deserialize),
-    ]:
-        again = deserialize(serialize(original))
-        assert type(again) is Sum
-        assert again.get_config() == config
-    if original.num_terms is not None:
-        losses = np.arange(1.0, original.num_terms + 1.0, dtype=np.float32)
-        np.testing.assert_array_equal(rebuilt(losses).numpy(), original(losses).numpy())

@@ -6,48 +6,25 @@ cone `{x : J x >= 0}` is `J^T v*` with `v* = argmin_{v >= u} v^T G v`; with
 TorchJD's conventions G is replaced by `G / trace(G) + reg_eps I`. The QP is
 solved by trying every active set A (v_i = u_i on A), solving `(G v)_F = 0`
 on the free set F by least squares, and keeping the candidates with v >= u,
-`(G v)_A >= 0` and the smallest objective. Then
+`(G v)_A >= 0` and the smallest objective (`test_qp.ref_lower_bounded_qp`
+with no linear term). Then
 
     UPGrad:   w = sum_i v*(e_i / K)        DualProj: w = v*(1 / K)
 """
 
-import itertools
-
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import jacobians
+from test_qp import ref_lower_bounded_qp
 
-from keras_balance.balancers.upgrad import DualProj, UPGrad
+from keras_balance.balancers import DualProj, UPGrad
 
 SCALES = [1e-10, 1e-5, 1.0, 1e5, 1e10]
 CLASSES = [UPGrad, DualProj]
 
 
 # -- independent reference ---------------------------------------------------------
-
-
-def ref_project(hessian, lower, tol=1e-10):
-    num = len(lower)
-    best_value, best_v = np.inf, None
-    for pattern in itertools.product([False, True], repeat=num):
-        free = np.array(pattern)
-        free_idx, fixed_idx = np.flatnonzero(free), np.flatnonzero(~free)
-        v = lower.astype(np.float64).copy()
-        if free_idx.size:
-            rhs = -hessian[np.ix_(free_idx, fixed_idx)] @ lower[fixed_idx]
-            v[free_idx] = np.linalg.lstsq(hessian[np.ix_(free_idx, free_idx)], rhs, rcond=None)[0]
-        grad = hessian @ v
-        scale = 1.0 + np.abs(v).max()
-        if (
-            np.all(v[free_idx] >= lower[free_idx] - tol * scale)
-            and np.all(np.abs(grad[free_idx]) <= tol * scale)
-            and np.all(grad[fixed_idx] >= -tol * scale)
-        ):
-            value = v @ hessian @ v
-            if value < best_value:
-                best_value, best_v = value, v
-    return best_v
 
 
 def ref_weights(cls, jacobian, reg_eps=1e-4):
@@ -58,19 +35,10 @@ def ref_weights(cls, jacobian, reg_eps=1e-4):
     if trace == 0.0:
         return np.full(num, 1.0 / num)
     hessian = gramian / trace + reg_eps * np.eye(num)
+    zero = np.zeros(num)
     if cls is UPGrad:
-        return sum(ref_project(hessian, np.eye(num)[i] / num) for i in range(num))
-    return ref_project(hessian, np.full(num, 1.0 / num))
-
-
-def jacobians(seed=0, columns=12):
-    """Random (K, P) float64 matrices for K = 2..10; the rank cycles through K, 1 and K // 2."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for num in range(2, 11):
-        rank = (num, 1, max(1, num // 2))[num % 3 - 2]
-        out.append(rng.normal(size=(num, rank)) @ rng.normal(size=(rank, columns)))
-    return out
+        return sum(ref_lower_bounded_qp(hessian, zero, np.eye(num)[i] / num) for i in range(num))
+    return ref_lower_bounded_qp(hessian, zero, np.full(num, 1.0 / num))
 
 
 # -- hand computations ---------------------------------------------------------------
@@ -256,11 +224,7 @@ def test_norm_eps_reproduces_the_absolute_threshold(cls):
 def test_graph_and_xla_match_eager_and_reference(cls, num, dtype):
     rng = np.random.default_rng(9)
     jacobian = rng.normal(size=(num, 10))
-    for input_dtype in ("float32", "float64"):
-        assert cls().aggregate(jacobian.astype(input_dtype)).dtype == input_dtype
     eager = cls().aggregate(jacobian.astype(dtype))
-    from_lists = cls().aggregate(jacobian.astype(dtype).tolist())
-    np.testing.assert_allclose(from_lists.numpy(), eager.numpy(), rtol=1e-5, atol=1e-7)
     rtol = 1e-5 if dtype == "float32" else 1e-10
     for jit_compile in (False, True):
         balancer = cls()
@@ -278,22 +242,7 @@ def test_graph_and_xla_match_eager_and_reference(cls, num, dtype):
         np.testing.assert_allclose(weights, ref_weights(cls, matrix), rtol=1e-6, atol=1e-7)
 
 
-# -- configuration ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-def test_config_round_trip(cls):
-    balancer = cls(norm_eps=1e-4, reg_eps=1e-6, name="projection")
-    config = balancer.get_config()
-    assert config["norm_eps"] == 1e-4 and config["reg_eps"] == 1e-6
-    clone = cls.from_config(config)
-    assert clone.get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(balancer))
-    assert isinstance(restored, cls) and restored.get_config() == config
-    jacobian = jacobians(seed=10)[4]
-    np.testing.assert_array_equal(
-        clone.aggregate(jacobian).numpy(), balancer.aggregate(jacobian).numpy()
-    )
+# -- arguments ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -304,7 +253,6 @@ def test_config_round_trip(cls):
         ({"reg_eps": -1e-4}, "reg_eps"),
         ({"reg_eps": float("nan")}, "reg_eps"),
         ({"reg_eps": float("inf")}, "reg_eps"),
-        ({"nan_policy": "zero"}, "nan_policy"),
     ],
 )
 def test_bad_arguments(cls, kwargs, name):
@@ -315,20 +263,3 @@ def test_bad_arguments(cls, kwargs, name):
 def test_non_numeric_argument():
     with pytest.raises(TypeError, match="`reg_eps`"):
         UPGrad(reg_eps="small")
-
-
-# -- NaN policy -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-def test_nan_jacobian_gives_zero_direction_and_keeps_state(cls):
-    balancer = cls()
-    jacobian = np.array([[1.0, 0.0], [-1.0, 1.0], [0.5, 2.0]], np.float32)
-    balancer.aggregate(jacobian)
-    weights, step = balancer.term_weights.numpy().copy(), int(balancer.step.numpy())
-    bad = jacobian.copy()
-    bad[2, 1] = np.inf
-    direction = balancer.aggregate(bad)
-    np.testing.assert_array_equal(direction.numpy(), [0.0, 0.0])
-    np.testing.assert_array_equal(balancer.term_weights.numpy(), weights)
-    assert int(balancer.step.numpy()) == step

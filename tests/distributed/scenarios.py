@@ -29,20 +29,17 @@ def _logical_cpus(count):
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
 
 
-def _options(name, num_terms):
+def _balancer(name, num_terms):
+    """The registered balancer `name` for `num_terms` terms, seeded where it draws random numbers."""
     import inspect
 
     from keras_balance import balancers
 
-    cls = balancers.available()[name]
-    options = {}
-    if "seed" in inspect.signature(cls.__init__).parameters:
+    # LR annealing holds its weights between updates: update within the run.
+    options = {"update_every": 2} if name == "lr_annealing" else {}
+    if "seed" in inspect.signature(balancers.available()[name].__init__).parameters:
         options["seed"] = 0
-    if name == "prior_loss":
-        options["prior_losses"] = [1.0] * num_terms
-    if name == "lr_annealing":
-        options["update_every"] = 2  # hold and update within the run
-    return options
+    return balancers.example(name, num_terms, **options)
 
 
 def _train(strategy, name, route):
@@ -57,12 +54,12 @@ def _train(strategy, name, route):
         network = kb.build_pinn(pde, width=8, depth=2, seed=0)
         if route == "loss":
             # The plain Keras route: compile(loss=...) on the network itself.
-            loss = kb.BalancedLoss(pde, kb.balancers.get(name, **_options(name, pde.num_terms)))
+            loss = kb.BalancedLoss(pde, _balancer(name, pde.num_terms))
             network.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
             model, balancer = network, loss.balancer
         else:
             mode = "features" if route == "features" else "loop"
-            balancer = kb.balancers.get(name, **_options(name, pde.num_terms))
+            balancer = _balancer(name, pde.num_terms)
             model = kb.PINNModel(pde, network, balancer=balancer)
             model.compile(optimizer=keras.optimizers.Adam(1e-3), jacobian_mode=mode)
     history = model.fit(points, points, batch_size=GLOBAL_BATCH, epochs=STEPS, verbose=0, shuffle=False)

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import bad_arguments, domain_points, near_edge, split
 
 from keras_balance.pde import HelmholtzPDE
 from keras_balance.pde.base import EDGES
@@ -32,20 +33,6 @@ def points_for(pde, where):
     if where == "sample":
         return pde.sample(n_interior=300, n_boundary=80, seed=7)
     return pde.grid(21)
-
-
-def near_edge(pde, points):
-    """Points off the edges but within `boundary_tolerance` of one: the boundary
-    masks count them as boundary points although the solution is not exactly 0 there."""
-    (x0, x1), (y0, y1) = pde.domain
-    p = np.asarray(points, "float64")
-    distance = np.min(np.abs([p[:, 0] - x0, p[:, 0] - x1, p[:, 1] - y0, p[:, 1] - y1]), axis=0)
-    return (distance > 0) & (distance <= pde.boundary_tolerance)
-
-
-def split(points, dtype):
-    points = np.asarray(points)
-    return points[:, :1].astype(dtype), points[:, 1:].astype(dtype)
 
 
 # -- the exact solution satisfies the problem ------------------------------------
@@ -88,9 +75,7 @@ def test_exact_solution_is_not_trivially_zero():
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_exact_preds_match_finite_differences(config):
     pde = make(config)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (50, 1))
-    y = rng.uniform(-1, 1, (50, 1))
+    x, y = domain_points(pde, 50, seed=0)
     h = 1e-4
 
     def f(a, b):
@@ -110,9 +95,7 @@ def test_exact_preds_match_finite_differences(config):
 def test_exact_solution_satisfies_pde_by_finite_differences(config):
     # Independent of exact_preds: finite-difference Laplacian of `exact` against `source`.
     pde = make(config)
-    rng = np.random.default_rng(1)
-    x = rng.uniform(-1, 1, (40, 1))
-    y = rng.uniform(-1, 1, (40, 1))
+    x, y = domain_points(pde, 40, seed=1)
     h = 1e-4
     u = pde.exact(x, y)
     laplacian = (pde.exact(x + h, y) + pde.exact(x - h, y) + pde.exact(x, y + h) + pde.exact(x, y - h) - 4 * u) / h**2
@@ -258,22 +241,18 @@ def test_defaults_and_attributes():
     assert HelmholtzPDE().term_names == ("L_f", "L_b")
 
 
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        ({"boundary": "foo"}, "boundary"),
-        ({"boundary": None}, "boundary"),
-        ({"k": float("nan")}, "k"),
-        ({"k": float("inf")}, "k"),
-        ({"k": "1"}, "k"),
-        ({"k": True}, "k"),
-        ({"a1": float("nan")}, "a1"),
-        ({"a2": None}, "a2"),
-    ],
-)
-def test_bad_constructor_arguments(kwargs, name):
+BAD_ARGUMENTS = {
+    "boundary": ["foo", None],
+    "k": [float("nan"), float("inf"), "1", True],
+    "a1": [float("nan")],
+    "a2": [None],
+}
+
+
+@pytest.mark.parametrize("name, value", bad_arguments(BAD_ARGUMENTS))
+def test_bad_constructor_arguments(name, value):
     with pytest.raises(ValueError, match=re.escape(f"`{name}`")):
-        HelmholtzPDE(**kwargs)
+        HelmholtzPDE(**{name: value})
 
 
 def test_per_axis_splits_the_boundary_into_x_and_y_edges():

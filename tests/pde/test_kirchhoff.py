@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import bad_arguments, domain_points, near_edge, split
 
 from keras_balance.pde import KirchhoffPDE
 
@@ -23,20 +24,6 @@ def make(name):
 
 def rigidity(E, h, nu):
     return E * h**3 / (12.0 * (1.0 - nu**2))
-
-
-def near_edge(pde, points):
-    """Points off the edges but within `boundary_tolerance` of one: the boundary
-    masks count them as boundary points although w is not exactly 0 there."""
-    (x0, x1), (y0, y1) = pde.domain
-    p = np.asarray(points, "float64")
-    distance = np.min(np.abs([p[:, 0] - x0, p[:, 0] - x1, p[:, 1] - y0, p[:, 1] - y1]), axis=0)
-    return (distance > 0) & (distance <= pde.boundary_tolerance)
-
-
-def split(points, dtype):
-    points = np.asarray(points)
-    return points[:, :1].astype(dtype), points[:, 1:].astype(dtype)
 
 
 # -- constants -------------------------------------------------------------------
@@ -108,9 +95,7 @@ def test_exact_solution_gives_zero_terms(config, where, dtype):
 def test_exact_preds_match_finite_differences(config):
     pde = make(config)
     (_, W), (_, H) = pde.domain
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, W, (40, 1))
-    y = rng.uniform(0, H, (40, 1))
+    x, y = domain_points(pde, 40, seed=0)
     hx, hy = 2e-3 * W, 2e-3 * H
 
     def f(a, b):
@@ -139,9 +124,7 @@ def test_exact_solution_satisfies_pde_by_finite_differences(config):
     # Independent of exact_preds: a 13-point finite-difference biharmonic of `exact`.
     pde = make(config)
     (_, W), (_, H) = pde.domain
-    rng = np.random.default_rng(2)
-    x = rng.uniform(0, W, (30, 1))
-    y = rng.uniform(0, H, (30, 1))
+    x, y = domain_points(pde, 30, seed=2)
     h = 2e-3 * min(W, H)
     w = pde.exact
 
@@ -277,27 +260,20 @@ def test_defaults_and_attributes():
     assert rect.boundary_tolerance == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        ({"width": -1}, "width"),
-        ({"width": 0.0}, "width"),
-        ({"height": float("inf")}, "height"),
-        ({"height": "5"}, "height"),
-        ({"E": 0}, "E"),
-        ({"h": -0.2}, "h"),
-        ({"h": float("nan")}, "h"),
-        ({"nu": 0.6}, "nu"),
-        ({"nu": 0.5}, "nu"),
-        ({"nu": -0.1}, "nu"),
-        ({"nu": float("nan")}, "nu"),
-        ({"p0": float("nan")}, "p0"),
-        ({"p0": None}, "p0"),
-    ],
-)
-def test_bad_constructor_arguments(kwargs, name):
+BAD_ARGUMENTS = {
+    "width": [-1, 0.0],
+    "height": [float("inf"), "5"],
+    "E": [0],
+    "h": [-0.2, float("nan")],
+    "nu": [0.6, 0.5, -0.1, float("nan")],
+    "p0": [float("nan"), None],
+}
+
+
+@pytest.mark.parametrize("name, value", bad_arguments(BAD_ARGUMENTS))
+def test_bad_constructor_arguments(name, value):
     with pytest.raises(ValueError, match=re.escape(f"`{name}`")):
-        KirchhoffPDE(**kwargs)
+        KirchhoffPDE(**{name: value})
 
 
 def test_characteristic_scale_comes_from_the_data():

@@ -1,4 +1,4 @@
-"""One owner per balancer, on the model route and on the Keras-loss route.
+"""BalancedModel and the registry on bad input: owners, names, options that do not apply.
 
 A balancer holds the state of one training run; two owners would advance it
 with each other's losses. The second owner gets an error that names the
@@ -129,3 +129,14 @@ def test_a_term_without_a_gradient_path_is_weighted_and_logged_by_a_loss_level_b
     history = model.fit(x, 3 * x[:, :1], epochs=2, verbose=0).history
     np.testing.assert_allclose(history["constant"], [9.0, 9.0])
     assert history["fit"][1] < history["fit"][0]
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(balancers.available()))
+def test_a_plain_config_dict_names_the_class_or_the_registered_name(name):
+    original = balancers.example(name, 2, num_terms=2)
+    for class_name in (type(original).__name__, name):
+        copy = balancers.deserialize({"class_name": class_name, "config": original.get_config()})
+        assert type(copy) is type(original) and copy.get_config() == original.get_config()
