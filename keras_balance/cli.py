@@ -27,6 +27,8 @@ import os
 import shlex
 import sys
 
+from keras_balance.cli_checks import balancer_list, check_balancer, check_output_dir, check_output_file
+
 
 def _number(text, convert, low, expected):
     """Parse `text` with `convert`; it must be > 0 (`low="positive"`) or >= 0 (`low="non-negative"`)."""
@@ -203,38 +205,6 @@ def build_parser():
     return parser
 
 
-def _check_balancer(name, options=None):
-    """Exit with a clear message for an unknown name or unusable options.
-
-    Builds the balancer as the harness will (`keras_balance.balancers.registry.resolve`).
-    """
-    from keras_balance import balancers
-    from keras_balance.balancers.registry import resolve
-
-    if name.lower() not in balancers.available():
-        raise SystemExit(
-            f"keras-balance: error: unknown balancer {name!r}; "
-            f"known balancers: {', '.join(balancers.available())}"
-        )
-    try:
-        resolve(name, options=options)
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"keras-balance: error: balancer {name!r} with --options {options or {}}: {error}") from None
-
-
-def _balancer_list(spec, num_terms=None, options=None):
-    """The names of `--balancers` ("all" or a comma-separated list), each checked as `_check_balancer` does."""
-    from keras_balance import bench
-
-    try:
-        names = bench.balancer_names(spec)
-    except ValueError as error:
-        raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
-    for name in names:
-        _check_balancer(name, None if num_terms is None else bench.options_for(name, num_terms, options))
-    return names
-
-
 def _write_json(path, payload):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -268,7 +238,9 @@ def _print_run(result, out=None):
 def cmd_train(args):
     from keras_balance import bench
 
-    _check_balancer(args.balancer, args.options)
+    check_output_file("--json", args.json)
+    check_output_dir("--out", args.out)
+    check_balancer(args.balancer, args.options, pde=args.pde)
     result = bench.train(
         args.pde,
         args.balancer,
@@ -325,12 +297,13 @@ def _lbfgs_options(args):
 
 def cmd_compare(args):
     from keras_balance import bench
-    from keras_balance import pde as pde_lib
     from keras_balance.bench.report import _json_safe
 
     if args.resume and not args.out:
         raise SystemExit("keras-balance: error: --resume needs --out DIR, the folder of the comparison to continue")
-    names = _balancer_list(args.balancers, pde_lib.get(args.pde).num_terms, args.options)
+    check_output_file("--json", args.json)
+    check_output_dir("--out", args.out)
+    names = balancer_list(args.balancers, args.pde, args.options)
     command = "keras-balance " + shlex.join(sys.argv[1:]) if args.command_line is None else args.command_line
     comparison = bench.run_comparison(
         args.pde,
@@ -362,8 +335,8 @@ def cmd_compare(args):
 def cmd_speed(args):
     from keras_balance import bench
 
-    _check_balancer(args.baseline)
-    names = _balancer_list(args.balancers)
+    check_balancer(args.baseline)
+    names = balancer_list(args.balancers)
     times = bench.step_times(args.pde, names, steps=args.steps, repeats=args.repeats,
                              jit_compile=not args.no_jit, baseline=args.baseline)
     print(f"{args.pde}: median of {args.repeats} chunks of {args.steps} steps, "
@@ -378,7 +351,8 @@ def cmd_speed(args):
 def cmd_bench(args):
     from keras_balance import bench
 
-    names = _balancer_list(args.balancers) if args.balancers else None
+    check_output_file("--json", args.json)
+    names = balancer_list(args.balancers) if args.balancers else None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
         rows = bench.overhead(ks=args.ks, balancers=names, jacobian_modes=modes, steps=args.steps,
@@ -401,6 +375,7 @@ def cmd_plot(args):
         steps, history, terms, step_name = plotting.read_history_csv(args.csv)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"keras-balance: error: {error}") from None
+    check_output_dir("--out", args.out)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.csv))[0]
     title = args.title or stem

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_balance import balancers as balancers_lib
 from keras_balance import distribute
 from keras_balance import pde as pde_lib
+from keras_balance.pde.base import check_same_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -103,6 +104,7 @@ class BalancedLoss(keras.losses.Loss):
                     f"{self.name} expects `y_true` to hold the (x, y) coordinates, shape (N, 2); "
                     f"received shape {tuple(y_true.shape)}."
                 )
+            check_same_rows(self.name, y_true=y_true, y_pred=y_pred)
             per_point = self.pde.compute_loss(y_true[:, :1], y_true[:, 1:2], y_pred)
             where = f"{type(self.pde).__name__}.compute_loss"
         else:

@@ -46,6 +46,31 @@ def check_number(name, value, low=-math.inf, high=math.inf, low_open=False, high
     return value
 
 
+def check_same_rows(where, **arrays):
+    """Raise a ValueError when the arrays' (statically known) numbers of rows differ.
+
+    `arrays` maps argument names to tensors or arrays; `where` names the
+    callee in the message. Rows that are not known before the graph runs
+    are not checked.
+    """
+    shapes = {}
+    for name, value in arrays.items():
+        shape = tf.TensorShape(value.shape if hasattr(value, "shape") else np.shape(value))
+        shapes[name] = None if shape.rank is None else tuple(shape)
+    rows = {shape[0] for shape in shapes.values() if shape and shape[0] is not None}
+    if len(rows) > 1:
+        names = [f"`{name}`" for name in shapes]
+        received = ", ".join(f"{name} of shape {shape}" for name, shape in shapes.items())
+        raise ValueError(
+            f"{where} expects {', '.join(names[:-1])} and {names[-1]} with the same number of rows "
+            f"(one per point); received {received}."
+        )
+
+
+def _is_count(value):
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 0
+
+
 class PDE(abc.ABC):
     """A boundary-value problem on the rectangle `[x0, x1] x [y0, y1]`.
 
@@ -62,9 +87,16 @@ class PDE(abc.ABC):
 
     `compute_loss(x, y, preds)` keeps the signature of Bischof's article:
     `x` and `y` have shape (N, 1), `preds` has shape (N, C) with the columns
-    of `derivatives`, and it returns a list of K per-point terms of shape
-    (N, 1). The scalar loss of term i is the mean of its per-point values over
-    the whole batch (interior and boundary points together), as in the article.
+    of `derivatives` (exactly C columns; a different number is an error), and
+    it returns a list of K per-point terms of shape (N, 1). The scalar loss of
+    term i is the mean of its per-point values over the whole batch (interior
+    and boundary points together), as in the article. A boundary term is zero
+    at every point off its edges, so a batch without boundary points gives it
+    the value 0 (the mean of N zeros), which keeps the mean of equal-sized
+    batches equal to the mean over their union (mini-batches, the shares of
+    the replicas under `tf.distribute`); an empty batch (N = 0) gives every
+    term the value NaN (a mean over no points), and a `BalancedModel` skips
+    such a step.
 
     A subclass whose constructor takes arguments returns them from
     `get_config()`; `from_config(config)` calls `cls(**config)`. Every
@@ -158,19 +190,29 @@ class PDE(abc.ABC):
         shift, so step 0 equals the fixed set and consecutive steps never
         repeat a point.
 
+        Either count may be 0 (not both): `n_interior=0` gives a set of
+        boundary points alone and `n_boundary=0` one of interior points alone.
+        On a set without boundary points, the boundary terms of the PDE are 0
+        (see `compute_loss`), so training on it alone does not impose the
+        boundary conditions.
+
+        `seed` is None (fresh randomness) or a non-negative integer.
+
         Returns a float32 array of shape (n_interior + n_boundary, 2) holding
         (x, y) rows: interior points first, then the boundary points.
         """
         for name, value in (("n_interior", n_interior), ("n_boundary", n_boundary)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            if not _is_count(value):
                 raise ValueError(
                     f"Argument `{name}` must be a non-negative integer; received {name}={value!r}."
                 )
+        if seed is not None and not _is_count(seed):
+            raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
         if n_interior + n_boundary == 0:
             raise ValueError("At least one collocation point is needed; received n_interior=0 and n_boundary=0.")
         if method not in SAMPLING_METHODS:
             raise ValueError(f"Argument `method` must be one of {SAMPLING_METHODS}; received method={method!r}.")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
+        if step is not None and not _is_count(step):
             raise ValueError(f"Argument `step` must be None or a non-negative integer; received step={step!r}.")
         counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
         if method == "uniform":
@@ -230,10 +272,14 @@ class PDE(abc.ABC):
     # -- losses --------------------------------------------------------------
 
     def split_preds(self, preds):
-        """Map the columns of `preds` (N, C) to the names of `derivatives`."""
+        """Map the columns of `preds` (N, C) to the names of `derivatives`.
+
+        `preds` must have exactly the C columns of `derivatives`: fewer or
+        more (the outputs of a model built for another problem) is an error.
+        """
         preds = tf.convert_to_tensor(preds)
         needed = len(self.derivatives)
-        if preds.shape.rank != 2 or (preds.shape[-1] is not None and preds.shape[-1] < needed):
+        if preds.shape.rank != 2 or (preds.shape[-1] is not None and preds.shape[-1] != needed):
             raise ValueError(
                 f"{type(self).__name__}.compute_loss expects `preds` of shape (N, {needed}) "
                 f"with the columns {self.derivatives}; received shape {tuple(preds.shape)}."
@@ -241,8 +287,12 @@ class PDE(abc.ABC):
         return {name: preds[:, i : i + 1] for i, name in enumerate(self.derivatives)}
 
     def compute_loss(self, x, y, preds):
-        """Per-point loss terms: a list of K tensors of shape (N, 1)."""
+        """Per-point loss terms: a list of K tensors of shape (N, 1).
+
+        `x`, `y` and `preds` must have the same number of rows N.
+        """
         x = tf.convert_to_tensor(x)
+        check_same_rows(f"{type(self).__name__}.compute_loss", x=x, y=y, preds=preds)
         fields = self.split_preds(preds)
         x = tf.cast(x, fields[self.field].dtype)
         y = tf.cast(tf.convert_to_tensor(y), x.dtype)
@@ -254,6 +304,7 @@ class PDE(abc.ABC):
 
     def validation_loss(self, x, y, preds):
         """Per-point squared error against the exact solution, `(u - u_exact)^2`."""
+        check_same_rows(f"{type(self).__name__}.validation_loss", x=x, y=y, preds=preds)
         fields = self.split_preds(preds)
         u = fields[self.field]
         return tf.square(u - tf.cast(self.exact(x, y), u.dtype))

@@ -153,12 +153,49 @@ def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scal
     return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, name="pinn")
 
 
+def _check_pde(pde):
+    """Raise a clear error unless `pde` offers what `PINNModel` uses of a PDE."""
+    missing = [name for name in ("term_names", "derivatives", "compute_loss") if not hasattr(pde, name)]
+    if missing:
+        raise TypeError(
+            "Argument `pde` must be a `keras_balance.pde.PDE` (with `term_names`, `derivatives` "
+            f"and `compute_loss`); received pde={pde!r}, which has no {', '.join(map(repr, missing))}."
+        )
+
+
+def _check_solution(pde, solution):
+    """Raise a clear error when `solution` does not return the columns of `pde.derivatives`."""
+    expected = tuple(pde.derivatives)
+    if isinstance(solution, PINN):
+        if tuple(solution.derivative_names) != expected:
+            raise ValueError(
+                f"Argument `solution` must return the columns of {type(pde).__name__}.derivatives, "
+                f"{expected}, in this order; received a PINN with derivatives "
+                f"{tuple(solution.derivative_names)} (build it with `build_pinn(pde)` or "
+                "`PINN(network, pde.derivatives, pde.domain)`)."
+            )
+        return
+    outputs = getattr(solution, "outputs", None)
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        width = tuple(outputs[0].shape)[-1] if len(outputs[0].shape) else None
+        if isinstance(width, int) and width != len(expected):
+            raise ValueError(
+                f"Argument `solution` must return {len(expected)} columns, {expected} "
+                f"({type(pde).__name__}.derivatives); received a model with output shape "
+                f"{tuple(outputs[0].shape)}."
+            )
+
+
 @keras.saving.register_keras_serializable(package="keras_balance")
 class PINNModel(BalancedModel):
     """A `BalancedModel` that trains a `PINN` on the terms of a PDE.
 
     `x` is an (N, 2) batch of collocation points; the terms are the batch
     means of `pde.compute_loss`, named after `pde.term_names`.
+
+    The solution must return the columns of `pde.derivatives`, in order: a
+    `PINN` whose `derivatives` differ (a network built for another problem)
+    is an error, and so is a network whose static output width is not C.
 
     Args:
         pde: a `keras_balance.pde.PDE`.
@@ -167,6 +204,9 @@ class PINNModel(BalancedModel):
     """
 
     def __init__(self, pde, solution=None, balancer="sum", **kwargs):
+        _check_pde(pde)
+        if solution is not None:
+            _check_solution(pde, solution)
         super().__init__(balancer=balancer, term_names=pde.term_names, **kwargs)
         self.pde = pde
         self.solution = build_pinn(pde) if solution is None else solution
