@@ -8,11 +8,17 @@ class. Instead, a functional `BalancedModel` (or subclass) is built from a
 separate variant class, `cls` with Keras' `Functional` mixed in, created once
 per class and serialized under `cls`'s registered name.
 
+A compiled Keras loss is never told which model it serves; `calling_model`
+finds it on the call stack (Keras' trainer calls the loss from the model's
+`compute_loss`), so that one loss object cannot train two models unnoticed.
+
 Keras keeps the pieces this needs internal: the class of functional models,
 its `from_config`, the trainer's own initializer, the test for functional
 constructor arguments and the registry of custom names. When a Keras release
 moves them, this module is the one to update.
 """
+
+import sys
 
 import keras
 from keras.src.models.functional import Functional, functional_from_config
@@ -84,3 +90,19 @@ __all__ = [
     "is_functional_config",
     "model_class",
 ]
+
+
+def calling_model():
+    """The Keras model whose method is (directly or indirectly) calling the current function, or None.
+
+    Walks the Python stack outwards to the first frame whose `self` is a
+    `keras.Model`. Called while a compiled loss runs (eagerly, or while its
+    `tf.function` is traced), this is the model that compiled it.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.Model):
+            return owner
+        frame = frame.f_back
+    return None

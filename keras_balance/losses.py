@@ -19,10 +19,13 @@ the balancer like training steps. To validate without touching the balancer,
 train a `BalancedModel` (whose `test_step` leaves the balancer alone).
 """
 
+import weakref
+
 import keras
 import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
+from keras_balance import compat
 from keras_balance import distribute
 from keras_balance import pde as pde_lib
 from keras_balance.pde.base import check_same_rows
@@ -117,7 +120,25 @@ class BalancedLoss(keras.losses.Loss):
             )
         return tf.stack([tf.reduce_mean(tf.cast(t, "float32")) for t in per_point])
 
+    _model = None
+
+    def _claim_model(self):
+        """Record the model this loss trains; a second live model is an error naming both."""
+        model = compat.calling_model()
+        if model is None:
+            return
+        first = self._model() if self._model is not None else None
+        if first is not None and first is not model:
+            raise ValueError(
+                f"The loss {self.name!r} (balancer {self.balancer.name!r}) already trains the model "
+                f"{first.name!r}, and the model {model.name!r} called it too: a balanced loss holds "
+                "the state of one training run. Compile each model with its own loss, e.g. "
+                "`type(loss).from_config(loss.get_config())`."
+            )
+        self._model = weakref.ref(model)
+
     def call(self, y_true, y_pred):
+        self._claim_model()
         # Under tf.distribute the balancer sees the global batch's terms (the
         # same weights on every replica) and each replica returns its share
         # of the objective, since the replicas' gradients are summed.

@@ -49,6 +49,45 @@ def test_a_copy_is_a_new_owner():
     assert kb.BalancedLoss(pde, copy).balancer is copy
 
 
+def plain_model(name):
+    import keras
+
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)], name=name)
+
+
+def test_one_loss_compiled_into_two_models_is_an_error_naming_both():
+    import numpy as np
+
+    loss = kb.BalancedLoss(lambda t, p: [(t - p) ** 2, p**2], "relobralo", num_terms=2, name="shared_loss")
+    xy = np.random.default_rng(0).uniform(-1, 1, (16, 2)).astype("float32")
+    first, second = plain_model("first_net"), plain_model("second_net")
+    for model in (first, second):
+        model.compile(optimizer="adam", loss=loss)
+    first.fit(xy, xy[:, :1], epochs=2, batch_size=8, verbose=0)
+    first.evaluate(xy, xy[:, :1], verbose=0)  # the same model may call it again
+    step = int(loss.balancer.step.numpy())
+    with pytest.raises(ValueError, match="'shared_loss'.*already trains the model 'first_net'.*'second_net'"):
+        second.fit(xy, xy[:, :1], epochs=1, batch_size=8, verbose=0)
+    assert int(loss.balancer.step.numpy()) == step  # the second model advanced nothing
+    copy = kb.BalancedLoss(lambda t, p: [(t - p) ** 2, p**2], "relobralo", num_terms=2)
+    second.compile(optimizer="adam", loss=copy)
+    second.fit(xy, xy[:, :1], epochs=1, batch_size=8, verbose=0)
+    assert int(copy.balancer.step.numpy()) == 2
+
+
+def test_one_method_loss_in_two_models_is_an_error():
+    pde = kb.HelmholtzPDE()
+    loss = kb.ReLoBRaLoLoss(pde, seed=0, name="article_loss")
+    xy = pde.sample(n_interior=16, n_boundary=8, seed=0)
+    nets = [kb.build_pinn(pde, width=4, depth=1, seed=s) for s in (0, 1)]
+    for net in nets:
+        net.compile(optimizer="adam", loss=loss)
+    nets[0].fit(xy, xy, batch_size=len(xy), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="'article_loss'.*already trains the model"):
+        nets[1].fit(xy, xy, batch_size=len(xy), epochs=1, verbose=0)
+    assert int(loss.balancer.step.numpy()) == 1
+
+
 # -- term names and History keys ---------------------------------------------------------------
 
 

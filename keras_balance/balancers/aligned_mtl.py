@@ -8,7 +8,9 @@ from keras_balance.balancers.arguments import check_range, check_weight_vector
 from keras_balance.balancers.base import GradientBalancer
 
 SCALES = ("min", "median", "rmse")
-FLOAT32_EPSILON = float(np.finfo(np.float32).eps)
+#: The default rank tolerance per term, relative to the largest eigenvalue of
+#: the float64 Gramian: a hundred times float64's machine epsilon.
+RANK_TOLERANCE = 100 * float(np.finfo(np.float64).eps)
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -29,8 +31,7 @@ class AlignedMTL(GradientBalancer):
         d = (B J)^T p = J^T (B p),    weights = B p.
 
     `sigma_min` is the square root of the smallest non-zero eigenvalue; an
-    eigenvalue counts as zero below `rtol * lambda_max` (default
-    `K * 1.19e-7`, the tolerance of the authors' code), so rank-deficient
+    eigenvalue counts as zero below `rtol * lambda_max`, so rank-deficient
     Jacobians work. With a zero Jacobian the weights are `p`.
 
     Conventions:
@@ -39,6 +40,19 @@ class AlignedMTL(GradientBalancer):
       TorchJD's `AlignedMTL` (identical rows `g` give `d = g`). The authors'
       code sums the aligned rows, `p = 1`, which gives K times this direction;
       pass `preference=[1.0] * K` for that.
+    - Rank tolerance: `rtol=None` (default) is `K * 2.2e-14`, a hundred times
+      the machine epsilon of float64, in which the Gramian is formed and
+      decomposed. The authors' code uses the same rule in the precision it
+      computes in, float32 (`K * 1.19e-7`, the convention of NumPy's
+      `matrix_rank`, max eigenvalue * K * eps); in float64 that rule would
+      drop real directions: `J = diag(1e4, 1)` has the eigenvalue ratio
+      1e-8, and its second term would get weight 0. The factor 100 keeps the
+      rounding of the Gramian and of its eigendecomposition (zero
+      eigenvalues of an exactly rank-deficient Jacobian come out at up to a
+      few times `K * eps * lambda_max`) from counting as directions. Pass
+      `rtol=K * 1.19e-7` for the authors' coarser threshold, which ignores a
+      term whose gradient, orthogonally to the others, is some 1e3 times
+      smaller than the largest.
     - `scale="min"` (default, the paper): `sigma_min` as above.
       `"median"` and `"rmse"` are the two other options of the authors' code:
       the (lower) median, or the root mean square, of the non-zero singular
@@ -53,8 +67,9 @@ class AlignedMTL(GradientBalancer):
             (None: `1/K` each). When given, it fixes the number of terms.
         scale: `"min"`, `"median"` or `"rmse"`, the common magnitude of the
             aligned components.
-        rtol: optional relative tolerance on the eigenvalues of the Gramian
-            (None: `K * 1.19e-7`).
+        rtol: optional relative tolerance on the eigenvalues of the Gramian,
+            in [0, 1): an eigenvalue at or below `rtol` times the largest
+            counts as zero (None: `K * 2.2e-14`, see above).
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:
@@ -91,7 +106,7 @@ class AlignedMTL(GradientBalancer):
         gramian = gramian / tf.where(largest > 0.0, largest, tf.ones_like(largest))
         gramian = 0.5 * (gramian + tf.transpose(gramian))
         values, vectors = tf.linalg.eigh(gramian)
-        rtol = num_terms * FLOAT32_EPSILON if self.rtol is None else self.rtol
+        rtol = num_terms * RANK_TOLERANCE if self.rtol is None else self.rtol
         top = tf.reduce_max(values)
         keep = tf.logical_and(values > rtol * top, top > 0.0)
         safe = tf.where(keep, values, tf.ones_like(values))

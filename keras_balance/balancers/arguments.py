@@ -5,6 +5,7 @@ received, and returns the value in the form the balancer stores.
 """
 
 import math
+import numbers
 
 import numpy as np
 
@@ -12,16 +13,17 @@ import numpy as np
 def check_range(name, value, low, high, *, low_open=False, high_open=False):
     """Validate that a float hyper-parameter lies in an interval.
 
-    Raises a `ValueError` that names the argument, the expected interval and
-    the value received.
+    Accepts real numbers: Python ints and floats and NumPy numbers. Anything
+    else (a string such as "0.9", a bool, None) raises a `TypeError`, and a
+    number outside the interval a `ValueError`; both name the argument, what
+    was expected and the value received.
     """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"Argument `{name}` must be a number; received {name}={value!r} "
+            f"Argument `{name}` must be a number (an int or a float); received {name}={value!r} "
             f"(of type {type(value).__name__})."
-        ) from None
+        )
+    number = float(value)
     too_low = number <= low if low_open else number < low
     too_high = number >= high if high_open else number > high
     if math.isnan(number) or too_low or too_high:

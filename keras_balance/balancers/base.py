@@ -18,8 +18,10 @@ This module knows nothing of models, PDEs or plotting.
 import weakref
 
 import keras
-import numpy as np
 import tensorflow as tf
+
+from keras_balance.balancers.inputs import as_jacobian, as_loss_vector, bounded_weights, valid_entries
+from keras_balance.balancers.threads import one_step_at_a_time
 
 
 LOSS_LEVEL = "loss"
@@ -28,30 +30,27 @@ GRADIENT_LEVEL = "gradient"
 NAN_POLICIES = ("skip", "raise")
 
 
-def as_loss_vector(losses):
-    """A float32 (K,) tensor from a tensor, an array or a list of scalars."""
-    if isinstance(losses, (list, tuple)):
-        return tf.stack([tf.reshape(tf.cast(v, "float32"), ()) for v in losses])
-    return tf.cast(tf.convert_to_tensor(losses), "float32")
-
-
 class Balancer(keras.layers.Layer):
     """Base class of every balancer.
 
     Subclasses set the class attribute `kind` (`"loss"` or `"gradient"`) and
     `summary` (one line, shown by `keras-balance list`), create their state in
     `build_state(num_terms)`, and implement the contract of their kind.
+    In eager mode, calls from several threads run one whole step after
+    another (`keras_balance.balancers.threads`).
 
     Args:
         num_terms: optional number of loss terms K. When given, the state is
             created at once; otherwise on the first call, or when a model or
             loss adapter that knows K calls `build_for(K)`.
-        nan_policy: what to do when a loss (or gradient) is NaN or infinite.
-            `"skip"` (default): the balancer leaves its state untouched for that
-            step and returns the weights of the previous step, so one bad batch
-            cannot poison later steps. `"raise"`: fail the step with an
-            `InvalidArgumentError` naming the balancer (eager and graph mode; XLA
-            drops assertions, so under `jit_compile=True` this acts as "skip").
+        nan_policy: what to do when a loss (or gradient) is NaN or infinite,
+            or a loss is negative for a method that needs non-negative losses
+            (`needs_non_negative_losses`). `"skip"` (default): the balancer
+            leaves its state untouched for that step and returns the weights of
+            the previous step, so one bad batch cannot poison later steps.
+            `"raise"`: fail the step with an `InvalidArgumentError` naming the
+            balancer (eager and graph mode; XLA drops assertions, so under
+            `jit_compile=True` this acts as "skip").
         name: layer name.
     """
 
@@ -81,6 +80,9 @@ class Balancer(keras.layers.Layer):
     jacobian_scope = "shared"
     #: With `jacobian_scope="kernel"`, the name of the layer whose kernel is used.
     layer = None
+    #: True for methods whose formula needs losses >= 0: a negative loss is
+    #: then treated like a non-finite one (see `nan_policy`).
+    needs_non_negative_losses = False
 
     @classmethod
     def required_arguments(cls, num_terms):
@@ -181,13 +183,13 @@ class Balancer(keras.layers.Layer):
         return [1.0] * num_terms
 
     def _check_num_terms(self, values, what):
-        count = values.shape[0]
         if values.shape.rank != {"losses": 1, "jacobian": 2}[what]:
             raise ValueError(
                 f"Balancer '{self.name}' expects `{what}` of rank "
                 f"{ {'losses': 1, 'jacobian': 2}[what]}; received shape "
                 f"{tuple(values.shape)}."
             )
+        count = values.shape[0]
         if self.num_terms is not None and count is not None and count != self.num_terms:
             raise ValueError(
                 f"Balancer '{self.name}' was built for {self.num_terms} loss "
@@ -196,13 +198,7 @@ class Balancer(keras.layers.Layer):
 
     def all_finite(self, values):
         """A boolean scalar: are all `values` finite? Raises under "raise"."""
-        finite = tf.reduce_all(tf.math.is_finite(values))
-        if self.nan_policy == "raise":
-            tf.debugging.Assert(
-                finite,
-                [f"Balancer '{self.name}' received a non-finite value:", values],
-            )
-        return finite
+        return tf.reduce_all(valid_entries(self, values))
 
     # -- serialization -------------------------------------------------------
 
@@ -239,14 +235,16 @@ class LossBalancer(Balancer):
         """
 
     def __call__(self, losses, **kwargs):
-        return super().__call__(as_loss_vector(losses), **kwargs)
+        with one_step_at_a_time(self):
+            return super().__call__(as_loss_vector(losses), **kwargs)
 
     def call(self, losses):
         losses = tf.cast(losses, self.term_weights.dtype)
         self._check_num_terms(losses, "losses")
-        finite = self.all_finite(losses)
+        valid = valid_entries(self, losses, losses=True)
+        finite = tf.reduce_all(valid)
         snapshot = [tf.identity(v.value) for v in self.state_variables]
-        weights = self.compute_weights(tf.where(tf.math.is_finite(losses), losses, 0.0))
+        weights = self.compute_weights(tf.where(valid, losses, 0.0))
         # Skip policy: put the state back and reuse the previous weights.
         for var, old in zip(self.state_variables, snapshot):
             var.assign(tf.where(finite, var.value, old))
@@ -303,8 +301,14 @@ class GradientBalancer(Balancer):
     weights of the latest call are kept in the variable `term_weights` (also
     `last_weights`), and `step` counts the calls.
 
+    The weights are clipped to the finite range of float32 (the dtype of
+    `term_weights`): rows some 40 orders of magnitude apart can call for
+    coefficients beyond it (PCGrad's projection onto a tiny row), which would
+    otherwise overflow to infinity and give `inf * 0 = NaN` in `J^T w`.
+
     NaN policy: under `"skip"` (default) a Jacobian or loss with a NaN or an
-    infinity leaves the state of the balancer untouched (including `step`),
+    infinity (or a negative loss, for a method that needs non-negative
+    losses) leaves the state of the balancer untouched (including `step`),
     keeps the previous weights, and `aggregate` returns a zero direction.
 
     Attributes read by `BalancedModel` (declared with defaults on `Balancer`):
@@ -327,9 +331,7 @@ class GradientBalancer(Balancer):
     # -- the contract ----------------------------------------------------------
 
     def _prepare(self, jacobian, losses):
-        jacobian = tf.convert_to_tensor(jacobian)
-        if jacobian.dtype not in (tf.float32, tf.float64):
-            jacobian = tf.cast(jacobian, tf.float32)
+        jacobian = as_jacobian(jacobian)
         self._check_num_terms(jacobian, "jacobian")
         if not self.built:
             self.build_for(int(jacobian.shape[0]))
@@ -347,17 +349,20 @@ class GradientBalancer(Balancer):
             jacobian: (K, P) float32 or float64 tensor or array.
             losses: optional (K,) loss values; methods that use them say so.
         """
-        jacobian, losses = self._prepare(jacobian, losses)
-        return self._weigh(jacobian, losses)[0]
+        with one_step_at_a_time(self):
+            jacobian, losses = self._prepare(jacobian, losses)
+            return self._weigh(jacobian, losses)[0]
 
     def _weigh(self, jacobian, losses):
         finite = self.all_finite(jacobian)
         if losses is not None:
-            finite = tf.logical_and(finite, self.all_finite(losses))
+            valid = valid_entries(self, losses, losses=True)
+            finite = tf.logical_and(finite, tf.reduce_all(valid))
+            usable = tf.where(valid, losses, tf.zeros_like(losses))
             losses = tf.where(tf.math.is_finite(losses), losses, tf.zeros_like(losses))
         jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
         snapshot = [tf.identity(v.value) for v in self.state_variables]
-        weights = tf.cast(self.compute_weights(jacobian, losses), jacobian.dtype)
+        weights = bounded_weights(self.compute_weights(jacobian, None if losses is None else usable), jacobian.dtype)
         # Skip policy: put the state back and reuse the previous weights.
         for var, old in zip(self.state_variables, snapshot):
             var.assign(tf.where(finite, var.value, old))
@@ -377,8 +382,9 @@ class GradientBalancer(Balancer):
                 the gradient of loss i.
             losses: optional (K,) loss values; methods that use them say so.
         """
-        jacobian, losses = self._prepare(jacobian, losses)
-        weights, jacobian, finite = self._weigh(jacobian, losses)
+        with one_step_at_a_time(self):
+            jacobian, losses = self._prepare(jacobian, losses)
+            weights, jacobian, finite = self._weigh(jacobian, losses)
         direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
         return tf.where(finite, direction, tf.zeros_like(direction))
 
@@ -411,14 +417,18 @@ class GradientBalancer(Balancer):
         With `losses`, a step whose losses are not all finite is not counted
         (the NaN policy: such a step leaves the state as it was).
         """
-        finite = tf.constant(True) if losses is None else tf.reduce_all(tf.math.is_finite(losses))
-        self.step.assign_add(tf.cast(finite, "int64"))
-        return self.term_weights.value
+        with one_step_at_a_time(self):
+            finite = tf.constant(True) if losses is None else tf.reduce_all(tf.math.is_finite(losses))
+            self.step.assign_add(tf.cast(finite, "int64"))
+            return self.term_weights.value
 
     @property
     def last_weights(self):
         """The weights of the latest `aggregate` call (a float32 variable)."""
         return self.term_weights
+
+    def __call__(self, jacobian, **kwargs):
+        return super().__call__(as_jacobian(jacobian), **kwargs)
 
     def call(self, jacobian):
         return self.aggregate(jacobian)
@@ -428,20 +438,3 @@ def gramian(jacobian):
     """The float64 K x K Gramian `J J^T` of a (K, P) Jacobian."""
     jacobian = tf.cast(jacobian, tf.float64)
     return tf.matmul(jacobian, jacobian, transpose_b=True)
-
-
-# -- seeds -------------------------------------------------------------------
-
-
-def add_seed_weight(balancer, seed, name):
-    """Create the int64 scalar variable `name` of `balancer`, holding the seed of its draws.
-
-    A draw is a stateless function of this variable and of a step counter, so
-    the random sequence is saved and restored with the balancer's variables.
-    `seed=None` draws a seed from the operating system's entropy, once, when
-    the state is built.
-    """
-    if seed is None:
-        seed = np.random.SeedSequence().entropy % (2**31)
-    initializer = keras.initializers.Constant(int(seed))
-    return balancer.add_weight(shape=(), initializer=initializer, dtype="int64", trainable=False, name=name)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_positive, check_range
 from keras_balance.balancers.base import LossBalancer
+from keras_balance.balancers.threads import one_step_at_a_time
 
 DWA_PERIODS = ("epoch", "step")
 
@@ -62,6 +63,15 @@ class DWA(LossBalancer):
     subtracts its largest logit, so a zero earlier loss gives no NaN; a
     weight that would underflow to 0 is floored at the smallest normal float.
 
+    Conventions:
+
+    - The losses must be non-negative: the weights come from the ratio of a
+      term to its own earlier value, which says nothing about progress once
+      the term changes sign. A negative loss is treated like a non-finite
+      one: under `nan_policy="skip"` the step leaves the state as it was
+      (it does not enter the epoch accumulators) and returns the previous
+      weights; under `"raise"` it fails. A loss of 0 is fine.
+
     Reference: S. Liu, E. Johns and A. J. Davison, "End-to-End Multi-Task
     Learning with Attention", CVPR 2019.
 
@@ -90,6 +100,7 @@ class DWA(LossBalancer):
 
     #: Per-epoch DWA updates in `end_epoch`; a per-step instance sets it to False.
     needs_epoch_end = True
+    needs_non_negative_losses = True
 
     def __init__(
         self,
@@ -154,6 +165,10 @@ class DWA(LossBalancer):
         """
         if self.per != "epoch" or not self.built:
             return
+        with one_step_at_a_time(self):
+            self._close_epoch()
+
+    def _close_epoch(self):
         steps = self.epoch_steps.value
         had_steps = steps > 0
         mean = self.epoch_loss_sum.value / tf.cast(tf.maximum(steps, 1), self.epoch_loss_sum.dtype)

@@ -1,12 +1,16 @@
 """GradNorm: trainable loss weights that equalize the terms' gradient norms."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_positive, check_range
 from keras_balance.balancers.base import GradientBalancer
 
 OPTIMIZERS = ("adam", "sgd")
+#: Largest magnitude of the gradient of the weights, `sqrt(float32 max) / 10`.
+GRADIENT_CAP = float(np.sqrt(np.finfo(np.float32).max)) / 10.0
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -41,6 +45,16 @@ class GradNorm(GradientBalancer):
       (`layer`, default: the kernel of the last layer that every term
       touches). Called on a plain K x P Jacobian, `aggregate` uses all of it.
     - The weights and L_i(0) are recorded on the first finite step.
+    - Numerics: the training rates are computed in float64 (a loss over a
+      tiny L_i(0) overflows float32), and the gradient of the weights is
+      capped at `sqrt(float32 max) / 10`, about 1.8e18, in magnitude, so
+      Adam's second moment stays finite; below the cap the update is exact.
+    - The losses must be non-negative: the training rates `r_i^alpha` are
+      powers of loss ratios, which have no real value for a negative ratio.
+      A negative loss is treated like a non-finite one: under
+      `nan_policy="skip"` the step leaves the weights, L(0) and the optimizer
+      state as they were, `weigh` returns the previous weights and
+      `aggregate` a zero direction; under `"raise"` it fails.
 
     Args:
         alpha: >= 0. Strength of the restoring force towards equal training rates.
@@ -67,6 +81,7 @@ class GradNorm(GradientBalancer):
     summary = "Trainable weights that equalize gradient norms at rates r_i^alpha (Chen et al. 2018)."
     weights_all_parameters = True
     jacobian_scope = "kernel"
+    needs_non_negative_losses = True
 
     def __init__(self, alpha=1.5, learning_rate=0.025, layer=None, optimizer="adam", min_weight=1e-3,
                  num_terms=None, nan_policy="skip", name="gradnorm", **kwargs):
@@ -104,14 +119,18 @@ class GradNorm(GradientBalancer):
         initial = tf.where(first, losses, self.initial_losses.value)
         self.initial_losses.assign(initial)
         weights = tf.identity(self.task_weights.value)
-        norms = tf.cast(tf.norm(tf.cast(jacobian, tf.float64), axis=1), tf.float32)
+        norms = tf.norm(tf.cast(jacobian, tf.float64), axis=1)
 
-        ratios = losses / tf.where(initial > 0.0, initial, 1.0)
+        # In float64: the ratio of a loss to a tiny initial loss overflows
+        # float32, and the rates would then be inf / inf = NaN.
+        ratios = tf.cast(losses, tf.float64) / tf.cast(tf.where(initial > 0.0, initial, 1.0), tf.float64)
         mean_ratio = tf.reduce_mean(ratios)
         rates = ratios / tf.where(mean_ratio > 0.0, mean_ratio, 1.0)
-        scaled = weights * norms
-        target = tf.reduce_mean(scaled) * tf.pow(rates, self.alpha)
+        scaled = tf.cast(weights, tf.float64) * norms
+        target = tf.reduce_mean(scaled) * tf.minimum(tf.pow(rates, self.alpha), _FLOAT64_MAX)
         gradient = tf.sign(scaled - target) * norms
+        # Capped so that its square, Adam's second moment, stays a finite float32.
+        gradient = tf.cast(tf.clip_by_value(gradient, -GRADIENT_CAP, GRADIENT_CAP), tf.float32)
 
         if self.optimizer == "adam":
             beta1, beta2, eps = 0.9, 0.999, 1e-7

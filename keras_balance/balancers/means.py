@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_positive, check_range
-from keras_balance.balancers.base import LossBalancer, as_loss_vector
+from keras_balance.balancers.base import LossBalancer
+from keras_balance.balancers.inputs import as_loss_vector
 
 
 def _clamp_below(values, floor):
@@ -160,6 +161,16 @@ class GeneralizedMean(LossBalancer):
     only: the bad term gets a zero gradient and the total stays finite (0 if no
     term is finite). `"raise"` fails the step.
 
+    Conventions:
+
+    - Negative losses: for finite `gamma` the power mean is defined for
+      non-negative terms only (a negative term to a fractional power, or its
+      logarithm, has no real value), so a negative term is treated like a
+      non-finite one: under "skip" the previous weights, and a total that is
+      the mean of the other terms (the negative term gets a zero gradient);
+      under "raise" the step fails. For `gamma = +inf` / `-inf` (the max / the
+      min) any finite term is accepted, negative or not.
+
     Reference: J. Su, "Multi-task learning musings (1): in the name of the
     loss" (多任务学习漫谈（一）：以损失之名), Scientific Spaces, 2022,
     section "generalized mean".
@@ -191,7 +202,14 @@ class GeneralizedMean(LossBalancer):
             )
         self.gamma = check_range("gamma", gamma, -math.inf, math.inf)
         self.epsilon = check_positive("epsilon", epsilon)
+        # The max and the min are defined for any real terms; the power means are not.
+        self.needs_non_negative_losses = not math.isinf(self.gamma)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
+
+    def _usable(self, losses):
+        """Elementwise: the terms the mean takes (finite, and >= 0 for finite gamma)."""
+        usable = tf.math.is_finite(losses)
+        return tf.logical_and(usable, losses >= 0.0) if self.needs_non_negative_losses else usable
 
     def initial_weights(self, num_terms):
         # The weights at equal terms, for every gamma.
@@ -205,11 +223,12 @@ class GeneralizedMean(LossBalancer):
         """Return `(total, weights)`: the differentiable power mean and `dL/dL_i`.
 
         The weights follow the NaN policy (previous weights on a non-finite
-        step); the total is the power mean of the finite terms.
+        step); the total is the power mean of the terms it can take (finite,
+        and non-negative for finite gamma).
         """
         losses = as_loss_vector(losses)
         weights = self(losses)
-        total, _ = power_mean(losses, self.gamma, self.epsilon, mask=tf.math.is_finite(losses))
+        total, _ = power_mean(losses, self.gamma, self.epsilon, mask=self._usable(losses))
         return total, weights
 
     def evaluate(self, losses):
@@ -222,9 +241,9 @@ class GeneralizedMean(LossBalancer):
         self._check_num_terms(losses, "losses")
         if not self.built:
             self.build_for(int(losses.shape[0]))
-        finite = tf.math.is_finite(losses)
-        total, weights = power_mean(losses, self.gamma, self.epsilon, mask=finite)
-        weights = tf.where(tf.reduce_all(finite), weights, self.term_weights.value)
+        usable = self._usable(losses)
+        total, weights = power_mean(losses, self.gamma, self.epsilon, mask=usable)
+        weights = tf.where(tf.reduce_all(usable), weights, self.term_weights.value)
         return total, weights
 
     def get_config(self):

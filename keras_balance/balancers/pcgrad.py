@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_seed
-from keras_balance.balancers.base import GradientBalancer, add_seed_weight
+from keras_balance.balancers.base import GradientBalancer
+from keras_balance.balancers.seeds import add_seed_weight
 
 REDUCTIONS = ("sum", "mean")
 
@@ -32,6 +33,9 @@ class PCGrad(GradientBalancer):
     order matters, and it is drawn afresh for every term at every step: a
     seeded random permutation per term, a stateless function of the seed and
     of the balancer's `step`. A term with a zero gradient projects nothing.
+    The coefficient of a projection onto a far shorter row is the ratio of
+    the norms; for rows some 40 orders of magnitude apart it exceeds float32,
+    and the weights are clipped to its finite range (see `GradientBalancer`).
 
     Reference: T. Yu, S. Kumar, A. Gupta, S. Levine, K. Hausman and C. Finn,
     "Gradient Surgery for Multi-Task Learning", NeurIPS 2020 (Algorithm 1).
@@ -48,7 +52,9 @@ class PCGrad(GradientBalancer):
             run draws a different, equally reproducible, sequence). The seed
             and the step counter are saved with the balancer's variables, so a
             restored run continues the same sequence. `None` draws a seed when
-            the state is built.
+            the state is built, from Python's `random` module, which
+            `keras.utils.set_random_seed` seeds: a globally seeded program
+            draws the same seeds in every process.
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:

@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_positive, check_range, check_seed
-from keras_balance.balancers.base import LossBalancer, add_seed_weight
+from keras_balance.balancers.base import LossBalancer
+from keras_balance.balancers.seeds import add_seed_weight
 
 
 def balanced_softmax(losses, reference, temperature, epsilon):
@@ -44,6 +45,16 @@ class ReLoBRaLo(LossBalancer):
     (a weight that would underflow to 0 in the softmax is floored at the
     smallest normal float, about 1e-38 in float32).
 
+    Conventions:
+
+    - The losses must be non-negative: the rule compares each term with its
+      own earlier values through their ratio, which says nothing about
+      progress once a term changes sign (and a term falling from -1 to -2
+      would look like one that doubled). A negative loss is treated like a
+      non-finite one: under `nan_policy="skip"` the step leaves the state as
+      it was and returns the previous weights; under `"raise"` it fails. A
+      loss of 0 is fine (`epsilon` guards the ratios).
+
     Defaults are those of the Keras class in Bischof's article (alpha 0.999,
     temperature 0.1, rho 0.99). Other published defaults: NVIDIA Modulus uses
     alpha 0.95, rho 0.99, temperature 1.0; the authors' repository uses
@@ -67,6 +78,9 @@ class ReLoBRaLo(LossBalancer):
             run draws a different, equally reproducible, sequence). The draw of
             step t depends only on the seed and t, and both are saved with the
             balancer's variables, so a restored run continues the same sequence.
+            None: the seed is drawn when the state is built, from Python's
+            `random` module, which `keras.utils.set_random_seed` seeds, so a
+            globally seeded program draws the same seeds in every process.
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:
@@ -80,6 +94,7 @@ class ReLoBRaLo(LossBalancer):
     """
 
     summary = "Relative progress L_i(t)/L_i(t') through a softmax, with random lookback (Bischof & Kraus 2021)."
+    needs_non_negative_losses = True
 
     def __init__(
         self,

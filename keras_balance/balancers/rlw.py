@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_seed
-from keras_balance.balancers.base import LossBalancer, add_seed_weight
+from keras_balance.balancers.base import LossBalancer
+from keras_balance.balancers.seeds import add_seed_weight
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -32,7 +33,10 @@ class RLW(LossBalancer):
             restored checkpoint continues the same sequence. XLA generates
             random numbers with its own kernels, so under `jit_compile=True`
             the same seed gives a different, equally reproducible, sequence.
-            With `seed=None` a seed is drawn once when the state is created.
+            With `seed=None` a seed is drawn once when the state is created,
+            from Python's `random` module, which `keras.utils.set_random_seed`
+            seeds: a globally seeded program draws the same seeds in every
+            process.
         num_terms, nan_policy, name: see `Balancer`. Under the "skip" policy a
             non-finite step draws nothing: the step counter does not advance.
 

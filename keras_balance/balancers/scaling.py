@@ -55,10 +55,13 @@ class InitialLoss(LossBalancer):
     `1 / ((L_i(0) + L_i(1)) / 2 + eps)`, ...); from step `n_initial` on they are
     frozen at the mean of the first `n_initial` values.
 
-    The losses are expected to be non-negative. The magnitude |L_i(0)| is used
-    in the denominator, so a negative initial loss still gets a positive
-    weight; a weight is capped at the largest finite float (this only matters
-    with `epsilon=0` and an initial loss of exactly 0).
+    Conventions:
+
+    - Negative losses: the magnitude |L_i(0)| is used in the denominator, so
+      a negative initial loss still gets a positive weight and its term is
+      still minimized (`lambda_i = 1 / (|L_i(0)| + eps)`); the step is not
+      skipped. A weight is capped at the largest finite float (this only
+      matters with `epsilon=0` and an initial loss of exactly 0).
 
     Reference: there is no single canonical paper. The rule (make each loss
     dimensionless by its initial value, estimated from a few batches) is
@@ -237,10 +240,13 @@ class RealTime(LossBalancer):
     nor the gradient, so the method is scale invariant. The weights are held
     constant for the gradient (`combine` applies the stop-gradient).
 
-    The losses are expected to be non-negative. The magnitude |L_i| is used in
-    the denominator, so a negative loss still gets a positive weight (its term
-    equals -1 and is still minimized); a weight is capped at the largest
-    finite float (this only matters with `epsilon=0` and a loss of exactly 0).
+    Conventions:
+
+    - Negative losses: the magnitude |L_i| is used in the denominator,
+      `lambda_i = 1 / (|L_i| + eps)`, so a negative loss still gets a positive
+      weight (its weighted term equals -1 and is still minimized); the step
+      is not skipped. A weight is capped at the largest finite float (this
+      only matters with `epsilon=0` and a loss of exactly 0).
 
     Reference: there is no single canonical paper. The rule is discussed by
     B. Xiao, "Strategies for balancing multiple loss functions in deep

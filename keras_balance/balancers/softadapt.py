@@ -61,14 +61,23 @@ class SoftAdapt(LossBalancer):
     Numerics: the softmax subtracts its largest logit; logits are clipped to a
     finite range. The loss-weighted variant is computed in log space,
     `softmax_i(beta s_i + log L_i)`, so a term with `L_i = 0` gets weight 0
-    (not NaN); it needs non-negative losses (a negative loss counts as 0), and
-    when every loss is 0 it returns the original variant's weights (the limit
-    of equal losses shrinking to 0). A weight that would underflow to 0 in the
+    (not NaN), and when every loss is 0 it returns the original variant's
+    weights (the limit of equal losses shrinking to 0). A weight that would underflow to 0 in the
     original and normalized variants is floored at the smallest normal float.
 
     Scale: the normalized variant is invariant to multiplying *every* term by
     the same constant (up to `epsilon`). No variant is invariant to rescaling
     a single term: its slope, and so its weight, changes.
+
+    Conventions:
+
+    - Negative losses: the original and normalized variants use only
+      differences of the losses, so they accept losses of any sign. The
+      loss-weighted variant multiplies by `L_i`, which must be non-negative
+      (a negative factor would give a negative weight, or a zero one after
+      clipping): there a negative loss is treated like a non-finite one,
+      under `nan_policy="skip"` the step leaves the state as it was and
+      returns the previous weights, under `"raise"` it fails.
 
     Reference: A. A. Heydari, C. A. Thompson and A. Mehmood, "SoftAdapt:
     Techniques for Adaptive Loss Weighting of Neural Networks with Multi-Part
@@ -117,6 +126,7 @@ class SoftAdapt(LossBalancer):
                 f"Argument `variant` must be one of {SOFTADAPT_VARIANTS}; received variant={variant!r}."
             )
         self.variant = variant
+        self.needs_non_negative_losses = variant == "loss_weighted"
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
             raise TypeError(
                 f"Argument `window` must be an int >= 2; received window={window!r} "

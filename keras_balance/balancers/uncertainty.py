@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_positive
-from keras_balance.balancers.base import LossBalancer, as_loss_vector
+from keras_balance.balancers.base import LossBalancer
+from keras_balance.balancers.inputs import as_loss_vector
 
 REGULARIZERS = ("kendall", "log1p")
 
@@ -59,6 +60,17 @@ class UncertaintyWeighting(LossBalancer):
     before they enter any product, so no `NaN * 0` reaches the gradient.
     `"raise"` fails the step.
 
+    Conventions:
+
+    - The losses must be non-negative: with a negative term the total
+      decreases without bound as its noise parameter falls (`exp(s_i) = L_i`
+      has no solution), so training would drive the weight of that term to
+      its cap. A negative loss is treated like a non-finite one: under "skip"
+      the step returns the previous weights and the total is `sum_i w_i L_i
+      + R` with those weights (the negative term included) and `R` held
+      constant, so the noise parameters get a zero gradient; under "raise"
+      the step fails.
+
     Reference: A. Kendall, Y. Gal and R. Cipolla, "Multi-Task Learning Using
     Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018.
     The "log1p" regularizer is the positive variant described in B. Xiao,
@@ -84,6 +96,7 @@ class UncertaintyWeighting(LossBalancer):
     """
 
     summary = "Learned uncertainties: sum 0.5 exp(-s_i) L_i + 0.5 s_i, trained with the model (Kendall et al. 2018)."
+    needs_non_negative_losses = True
 
     def __init__(
         self,
@@ -152,7 +165,7 @@ class UncertaintyWeighting(LossBalancer):
         losses = as_loss_vector(losses)
         reported = self(losses)
         finite = tf.math.is_finite(losses)
-        all_finite = tf.reduce_all(finite)
+        usable = tf.reduce_all(tf.logical_and(finite, losses >= 0.0))
         # Replace bad terms first: every product below sees finite numbers.
         safe = tf.where(finite, losses, tf.zeros_like(losses))
         weights, penalty = self._weights_and_penalty()
@@ -160,7 +173,7 @@ class UncertaintyWeighting(LossBalancer):
         # Skip step: previous weights, constant regularizer, no gradient to
         # the parameters (the select passes an exact 0 to `total`).
         skipped = tf.reduce_sum(tf.stop_gradient(reported) * safe) + tf.stop_gradient(tf.reduce_sum(penalty))
-        return tf.where(all_finite, total, skipped), reported
+        return tf.where(usable, total, skipped), reported
 
     def evaluate(self, losses):
         """Return `(total, weights)` with the current parameters, changing nothing."""
