@@ -7,6 +7,7 @@ from keras_balance.pde import HelmholtzPDE, KirchhoffPDE
 from keras_balance.pinn import PINN, PINNModel, build_pinn
 from keras_balance.saving import checkpoint_objects
 from keras_balance.callbacks import BalanceHistory
+from keras_balance.data import full_batch
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "balancers",
     "build_pinn",
     "checkpoint_objects",
+    "full_batch",
     "pde",
     "pinn",
     "__version__",

@@ -177,7 +177,8 @@ def build_parser():
     speed = sub.add_parser("speed", help="median time per training step, as a ratio to a baseline")
     speed.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem")
     speed.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
-    speed.add_argument("--baseline", default="sum", help="the balancer the ratios refer to (default sum)")
+    speed.add_argument("--baseline", default="sum",
+                       help="the balancer the ratios refer to, or hand-written (default sum)")
     speed.add_argument("--steps", type=_positive_int, default=200, help="steps per timed chunk (default 200)")
     speed.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per balancer (default 5)")
     speed.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
@@ -194,7 +195,21 @@ def build_parser():
     over.add_argument("--steps", type=_positive_int, default=100, help="steps per timed chunk (default 100)")
     over.add_argument("--repeats", type=_positive_int, default=5, help="timed chunks per model (default 5)")
     over.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
+    over.add_argument("--update-every", type=_positive_int, default=None, metavar="N",
+                      help="also time every gradient-level balancer that can hold its weights with "
+                           "update_every=N (amortized over each chunk)")
     over.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+
+    paths = bench_sub.add_parser(
+        "paths", help="step time of every documented training path, as a ratio to a hand-written loop"
+    )
+    paths.add_argument("pde", nargs="?", default="helmholtz", choices=["helmholtz", "kirchhoff"],
+                       help="the problem (default helmholtz)")
+    paths.add_argument("--balancer", default="sum", help="the loss-level balancer of every path (default sum)")
+    paths.add_argument("--steps", type=_positive_int, default=200, help="steps per timed chunk (default 200)")
+    paths.add_argument("--repeats", type=_positive_int, default=7, help="timed chunks per path (default 7)")
+    paths.add_argument("--no-jit", action="store_true", help="do not compile the training steps with XLA")
+    paths.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
 
     plot = sub.add_parser("plot", help="draw the loss-term and weight figures from a history CSV")
     plot.add_argument("csv", help="a history CSV: first column epoch or step, then N and w_N per term N")
@@ -335,16 +350,18 @@ def cmd_compare(args):
 def cmd_speed(args):
     from keras_balance import bench
 
-    check_balancer(args.baseline)
+    if args.baseline != bench.HAND_WRITTEN:
+        check_balancer(args.baseline)
     names = balancer_list(args.balancers)
     times = bench.step_times(args.pde, names, steps=args.steps, repeats=args.repeats,
                              jit_compile=not args.no_jit, baseline=args.baseline)
-    print(f"{args.pde}: median of {args.repeats} chunks of {args.steps} steps, "
-          f"{os.cpu_count()} CPU cores visible, XLA {'off' if args.no_jit else 'on'}")
-    print(f"| balancer | ms / step | ratio to {args.baseline} |")
-    print("|---|---|---|")
+    print(f"{args.pde}: median of {args.repeats} chunks of {args.steps} steps, interleaved, "
+          f"{os.cpu_count()} CPU cores visible, XLA {'off' if args.no_jit else 'on'}; "
+          "hand-written: a tf.function step written without keras_balance")
+    print(f"| balancer | ms / step | ratio to {args.baseline} | ratio to hand-written |")
+    print("|---|---|---|---|")
     for name, row in times.items():
-        print(f"| {name} | {row['ms_per_step']:.2f} | {row['ratio']:.3f} |")
+        print(f"| {name} | {row['ms_per_step']:.2f} | {row['ratio']:.3f} | {row['vs_hand_written']:.3f} |")
     return 0
 
 
@@ -352,17 +369,33 @@ def cmd_bench(args):
     from keras_balance import bench
 
     check_output_file("--json", args.json)
+    if args.benchmark == "paths":
+        return _bench_paths(bench, args)
     names = balancer_list(args.balancers) if args.balancers else None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
         rows = bench.overhead(ks=args.ks, balancers=names, jacobian_modes=modes, steps=args.steps,
-                              repeats=args.repeats, jit_compile=not args.no_jit, verbose=1)
+                              repeats=args.repeats, jit_compile=not args.no_jit, verbose=1,
+                              update_every=args.update_every)
     except ValueError as error:
         raise SystemExit(f"keras-balance: error: {error}") from None
     print(f"Helmholtz, 4x50 PINN, 1024 + 256 points: median of {args.repeats} chunks of {args.steps} "
           f"steps, ratio to Sum in the same run, {os.cpu_count()} CPU cores visible, "
           f"XLA {'off' if args.no_jit else 'on'}")
     print(bench.overhead_table(rows))
+    if args.json:
+        _write_json(args.json, rows)
+    return 0
+
+
+def _bench_paths(bench, args):
+    check_balancer(args.balancer)
+    rows = bench.training_paths(args.pde, args.balancer, steps=args.steps, repeats=args.repeats,
+                                jit_compile=not args.no_jit)
+    print(f"{args.pde}, default PINN and points, balancer {args.balancer}: median of {args.repeats} chunks of "
+          f"{args.steps} steps per path, interleaved in random order, ratio to the hand-written step's chunk "
+          f"of the same round, {os.cpu_count()} CPU cores visible, XLA {'off' if args.no_jit else 'on'}")
+    print(bench.paths_table(rows))
     if args.json:
         _write_json(args.json, rows)
     return 0

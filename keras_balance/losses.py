@@ -1,7 +1,7 @@
 """Keras `Loss` adapters: a provider of K loss terms plus a loss-level balancer.
 
     model.compile(optimizer="adam", loss=ReLoBRaLoLoss(pde))
-    model.fit(xy, xy, batch_size=len(xy), epochs=1000)
+    model.fit(keras_balance.full_batch(xy, xy), steps_per_epoch=1000)
 
 With a PDE as the term provider, this follows the convention of Bischof's
 article: `y_true` carries the collocation coordinates (x in column 0, y in

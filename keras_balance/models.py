@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
 from keras_balance import compat, distribute, jacobians
+from keras_balance.data import full_batch_fit_arguments
 from keras_balance.distribute_workarounds import MultiWorkerFixes
 from keras_balance.finite import apply_if_finite, balancer_snapshot
 from keras_balance.jacobians import JACOBIAN_MODES
@@ -207,6 +208,11 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         A step whose terms or gradients are not finite is skipped whole; the
         `skipped_steps` metric counts them per epoch, and the first epoch
         that has one prints a warning (once per `fit`).
+
+        Full-batch arrays, `fit(x, batch_size=len(x), epochs=N)`, train as
+        `fit(full_batch(x), steps_per_epoch=1, epochs=N)`: the same steps
+        without Keras' per-epoch iterator and shuffle (see
+        `keras_balance.data`); not under a distribution strategy.
         """
         from keras_balance.callbacks import BalancerEpochEnd, SkippedStepsWarning
 
@@ -216,7 +222,17 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
             # (BackupAndRestore, ModelCheckpoint) hold the updated state.
             callbacks.insert(0, BalancerEpochEnd(self))
         callbacks.append(SkippedStepsWarning())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        names = ("x", "y", "batch_size", "epochs", "verbose")
+        kwargs.update(zip(names, args))  # Keras' positional order
+        x, y = kwargs.pop("x", None), kwargs.pop("y", None)
+        # Under a distribution strategy Keras shards arrays and datasets differently: keep its path.
+        plain = not tf.distribute.has_strategy() and self.distribute_strategy is tf.distribute.get_strategy()
+        fast = full_batch_fit_arguments(x, y, kwargs) if plain else None
+        if fast is not None:
+            (x, kwargs), y = fast, None
+        elif isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # Keras ignores it for a dataset, with a warning
+        return super().fit(x, y, callbacks=callbacks, **kwargs)
 
     @property
     def num_terms(self):

@@ -116,9 +116,41 @@ def test_speed_reports_ratios_to_the_baseline(capsys):
                      "--repeats", "2", "--no-jit"]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "ms" not in line}
-    assert set(rows) == {"sum", "relobralo"}
+    assert set(rows) == {"hand-written", "sum", "relobralo"}
     assert float(rows["sum"].split("|")[3]) == 1.0
     assert float(rows["relobralo"].split("|")[3]) > 0
+    assert float(rows["hand-written"].split("|")[4]) == 1.0  # the ratio to the hand-written step
+    assert float(rows["sum"].split("|")[4]) > 0
+
+
+def test_speed_takes_the_hand_written_step_as_baseline(capsys):
+    assert cli.main(["speed", "helmholtz", "--balancers", "sum", "--baseline", "hand-written", "--steps", "2",
+                     "--repeats", "1", "--no-jit"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "ms" not in line}
+    assert float(rows["hand-written"].split("|")[3]) == 1.0 and "ratio to hand-written" in out
+
+
+def test_bench_paths_reports_every_path(capsys, tmp_path):
+    path = tmp_path / "paths.json"
+    assert cli.main(["bench", "paths", "helmholtz", "--steps", "2", "--repeats", "1", "--no-jit",
+                     "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    from keras_balance.bench import PATHS
+
+    assert [r["path"] for r in rows] == list(PATHS)
+    assert rows[0]["ratio"] == 1.0 and all(r["ms_per_step"] > 0 for r in rows)
+    assert "ratio to hand-written" in capsys.readouterr().out
+
+
+def test_bench_overhead_times_held_weights(capsys):
+    from keras_balance import bench
+
+    rows = bench.overhead(ks=(2,), balancers=["mgda", "pcgrad"], steps=2, repeats=1, jit_compile=False,
+                          update_every=2)
+    labels = {(r["balancer"], r["update_every"]) for r in rows}
+    assert labels == {("hand-written", None), ("sum", None), ("mgda", None), ("mgda", 2), ("pcgrad", None)}
+    assert "mgda, update_every=2" in bench.overhead_table(rows)
 
 
 REQUIRED_OPTIONS = {"prior_loss": '{"prior_losses": [1000.0, 0.1]}'}
@@ -157,11 +189,12 @@ def test_bench_overhead_table_and_json(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ") and "ratio" not in line]
-    assert [line.split("|")[1].strip() for line in lines] == ["sum", "pcgrad", "pcgrad"]
-    assert [line.split("|")[3].strip() for line in lines] == ["-", "loop", "features"]
+    assert [line.split("|")[1].strip() for line in lines] == ["hand-written", "sum", "pcgrad", "pcgrad"]
+    assert [line.split("|")[3].strip() for line in lines] == ["-", "-", "loop", "features"]
     rows = json.loads(path.read_text())
     assert {(r["K"], r["balancer"], r["jacobian_mode"]) for r in rows} == {
-        (k, b, m) for k in (2, 3) for b, m in (("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"))
+        (k, b, m) for k in (2, 3)
+        for b, m in (("hand-written", None), ("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"))
     }
     assert all(r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)
     assert all(r["ratio"] == 1.0 for r in rows if r["balancer"] == "sum")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_balance import BalancedModel
+from keras_balance import BalancedModel, balancers
 from keras_balance.balancers import GradientBalancer, GradNorm, LRAnnealing
 
 
@@ -139,21 +139,47 @@ def test_modes_agree_under_xla():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_lr_annealing_updates_only_every_n_steps():
+#: The gradient-level methods that may hold their weights between updates.
+HOLDING = ["lr_annealing", "gradnorm", "gradient_normalization", "mgda", "imtl_g", "cagrad"]
+
+
+def held(name, n):
+    options = {"smoothing": 0.5} if name == "lr_annealing" else {}
+    return balancers.get(name, update_every=n, **options)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "dualproj", "aligned_mtl"])
+def test_projection_methods_refuse_update_every(name):
+    with pytest.raises(ValueError, match="`update_every` must be 1 for .*received update_every=10.*current gradients"):
+        balancers.get(name, update_every=10)
+    assert balancers.get(name).update_every == 1
+
+
+@pytest.mark.parametrize("name", HOLDING)
+def test_update_every_is_a_config_argument(name):
+    balancer = held(name, 7)
+    assert type(balancer).from_config(balancer.get_config()).update_every == 7
+    with pytest.raises(ValueError, match="`update_every` must be a positive integer; received update_every=0"):
+        held(name, 0)
+
+
+@pytest.mark.parametrize("name", HOLDING)
+def test_held_weights_update_only_every_n_steps(name):
     x, y = data(n=32)
-    model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+    model = two_head_model(held(name, 3))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     weights = []
 
     class Record(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            weights.append(float(model.balancer.term_weights.numpy()[1]))
+            weights.append(model.balancer.term_weights.numpy().tolist())
 
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
     assert len(weights) == 8
     changes = [i for i in range(1, 8) if weights[i] != weights[i - 1]]
     assert changes == [3, 6]
-    assert weights[0] != 1.0  # step 0 is an update step
+    if name == "lr_annealing":
+        assert weights[0][1] != 1.0  # step 0 is an update step
     assert int(model.balancer.step.numpy()) == 8
 
 
@@ -232,7 +258,8 @@ def test_update_schedule_is_the_same_for_one_or_several_steps_per_execution(run_
     assert results[0][2] == results[1][2] == 16
 
 
-def test_update_schedule_follows_a_backup_and_restore(tmp_path):
+@pytest.mark.parametrize("name", HOLDING)
+def test_update_schedule_follows_a_backup_and_restore(tmp_path, name):
     """Interrupted after an epoch and resumed with BackupAndRestore, an
     every-3-steps schedule (4 steps an epoch) ends where the uninterrupted run
     ends: Keras builds the train function before the restore, so the decision
@@ -240,7 +267,7 @@ def test_update_schedule_follows_a_backup_and_restore(tmp_path):
     x, y = data(n=16)
 
     def run(interrupt):
-        model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+        model = two_head_model(held(name, 3))
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
         backup = keras.callbacks.BackupAndRestore(str(tmp_path / f"backup_{interrupt}"), delete_checkpoint=False)
 
@@ -252,7 +279,7 @@ def test_update_schedule_follows_a_backup_and_restore(tmp_path):
         if interrupt:
             with pytest.raises(RuntimeError, match="interrupted"):
                 model.fit(x, y, batch_size=4, epochs=4, verbose=0, shuffle=False, callbacks=[backup, Interrupt()])
-            model = two_head_model(LRAnnealing(update_every=3, smoothing=0.5))
+            model = two_head_model(held(name, 3))
             model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
         model.fit(x, y, batch_size=4, epochs=4, verbose=0, shuffle=False, callbacks=[backup])
         return model

@@ -82,6 +82,9 @@ class AlignedMTL(GradientBalancer):
     """
 
     summary = "Aligns the gradients into orthogonal components of equal size (Senushkin et al. 2023)."
+    holds_weights = False
+    holds_weights_reason = ("Aligned-MTL aligns the current gradients through the eigenvectors of their Gramian; "
+                            "its weights mean nothing for other gradients.")
 
     def __init__(self, preference=None, scale="min", rtol=None, num_terms=None, nan_policy="skip",
                  name="aligned_mtl", **kwargs):

@@ -18,6 +18,7 @@ This module knows nothing of models, PDEs or plotting.
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_balance.balancers.inputs import as_jacobian, as_loss_vector, bounded_weights, valid_entries
@@ -313,9 +314,36 @@ class GradientBalancer(Balancer):
 
     Attributes read by `BalancedModel` (declared with defaults on `Balancer`):
     `weights_all_parameters`, `jacobian_scope`, `layer` and `update_every`.
+
+    Update schedule: every gradient-level balancer whose `holds_weights` is
+    True accepts `update_every=n` (default 1, LR annealing's 10): it computes
+    new weights from the Jacobian on the steps where its checkpointed `step`
+    is a multiple of n, and holds them in between (`needs_jacobian()` is then
+    False and `BalancedModel` trains on `sum_i w_i L_i` with the held
+    weights, at the cost of Sum). Methods whose direction is a projection of
+    the current gradients (PCGrad, UPGrad, DualProj, Aligned-MTL) set
+    `holds_weights = False` and refuse `update_every > 1`: their weights
+    have no meaning for other gradients.
     """
 
     kind = GRADIENT_LEVEL
+    #: Can the weights be held between updates (`update_every > 1`)?
+    holds_weights = True
+    #: Why not, when `holds_weights` is False (completes the error message).
+    holds_weights_reason = ""
+
+    def __init__(self, *args, update_every=1, **kwargs):
+        if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
+            raise ValueError(
+                f"Argument `update_every` must be a positive integer; received update_every={update_every!r}."
+            )
+        if update_every > 1 and not self.holds_weights:
+            raise ValueError(
+                f"Argument `update_every` must be 1 for {type(self).__name__}; received "
+                f"update_every={update_every!r}. {self.holds_weights_reason}"
+            )
+        self.update_every = int(update_every)
+        super().__init__(*args, **kwargs)
 
     def _bookkeeping(self):
         return super()._bookkeeping() + [v for v in (getattr(self, "step", None),) if v is not None]
@@ -405,11 +433,18 @@ class GradientBalancer(Balancer):
     def needs_jacobian(self):
         """A boolean scalar: does the next step need the per-term gradients?
 
-        True by default. Methods that update their weights only every n steps
-        return False in between; `BalancedModel` then trains on
+        True on the steps where `step` is a multiple of `update_every` (every
+        step by default); in between `BalancedModel` trains on
         `sum_i w_i L_i` with the held weights (see `hold`) at the cost of Sum.
         """
-        return tf.constant(True)
+        if self.update_every == 1:
+            return tf.constant(True)
+        return tf.equal(self.step % self.update_every, 0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["update_every"] = self.update_every
+        return config
 
     def hold(self, losses=None):
         """Advance `step` without new gradients and return the held weights.

@@ -134,7 +134,7 @@ class GradNorm(GradientBalancer):
 
         if self.optimizer == "adam":
             beta1, beta2, eps = 0.9, 0.999, 1e-7
-            t = tf.cast(self.step + 1, tf.float32)
+            t = tf.cast(self.step // self.update_every + 1, tf.float32)  # updates so far
             m = beta1 * self.first_moment.value + (1.0 - beta1) * gradient
             v = beta2 * self.second_moment.value + (1.0 - beta2) * tf.square(gradient)
             self.first_moment.assign(m)

@@ -66,13 +66,10 @@ class LRAnnealing(GradientBalancer):
         if mode not in MODES:
             raise ValueError(f"Argument `mode` must be one of {MODES}; received mode={mode!r}.")
         self.mode = mode
-        for arg, value, low in (("update_every", update_every, 1), ("reference", reference, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                kind = "a positive integer" if low else "a non-negative integer"
-                raise ValueError(f"Argument `{arg}` must be {kind}; received {arg}={value!r}.")
-        self.update_every = update_every
+        if isinstance(reference, bool) or not isinstance(reference, int) or reference < 0:
+            raise ValueError(f"Argument `reference` must be a non-negative integer; received reference={reference!r}.")
         self.reference = reference
-        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
+        super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, update_every=update_every, **kwargs)
 
     def build_state(self, num_terms):
         if self.reference >= num_terms:
@@ -93,9 +90,6 @@ class LRAnnealing(GradientBalancer):
         updated = tf.where(informative, updated, previous)
         is_reference = tf.range(self.num_terms) == self.reference
         return tf.where(is_reference, tf.ones_like(updated), updated)
-
-    def needs_jacobian(self):
-        return tf.equal(self.step % self.update_every, 0)
 
     def get_config(self):
         config = super().get_config()

@@ -67,6 +67,9 @@ class PCGrad(GradientBalancer):
     """
 
     summary = "Projects each gradient off the ones it conflicts with, random order (Yu et al. 2020)."
+    holds_weights = False
+    holds_weights_reason = ("PCGrad projects each of the current gradients off the others it conflicts with; its "
+                            "weights describe those projections and mean nothing for other gradients.")
 
     def __init__(self, reduction="sum", seed=None, num_terms=None, nan_policy="skip", name="pcgrad",
                  **kwargs):

@@ -15,6 +15,10 @@ def _check_eps(name, value):
 class _DualConeBalancer(GradientBalancer):
     """Shared arguments and configuration of UPGrad and DualProj (`name` defaults to `default_name`)."""
 
+    holds_weights = False
+    holds_weights_reason = ("It projects onto the dual cone of the current gradients; its weights give a "
+                            "non-conflicting direction only for those gradients.")
+
     def __init__(
         self, norm_eps=0.0, reg_eps=1e-4, num_terms=None, nan_policy="skip", name=None, **kwargs
     ):

@@ -4,8 +4,9 @@
 `RunResult` (per-term losses and weights over steps, the error against the
 exact solution, wall time). `run_comparison(...)` runs several balancers and
 seeds on the same budget and `comparison_table` formats its report.
-`step_times` and `overhead` measure the cost of a training step with one
-interleaved timer (`interleaved_step_times`).
+`step_times`, `overhead` and `training_paths` measure the cost of a training
+step with one interleaved timer (`interleaved_step_times`), against Sum and
+against a step written by hand without keras_balance (`HandWrittenStep`).
 
 Example:
 
@@ -31,12 +32,19 @@ from keras_balance.bench.run import (
     problem_name,
     train,
 )
-from keras_balance.bench.timing import HELMHOLTZ_TERMS, interleaved_step_times, overhead, step_times
+from keras_balance.bench.handwritten import HandWrittenStep
+from keras_balance.bench.paths import PATHS, paths_table, training_paths
+from keras_balance.bench.timing import HAND_WRITTEN, HELMHOLTZ_TERMS, interleaved_step_times, overhead, step_times
 
 __all__ = [
     "DEFAULTS",
     "LR_SCHEDULES",
     "HELMHOLTZ_TERMS",
+    "HAND_WRITTEN",
+    "HandWrittenStep",
+    "PATHS",
+    "paths_table",
+    "training_paths",
     "ExponentialToFinal",
     "RunResult",
     "RunProgress",

@@ -29,8 +29,12 @@ def save_figures(result, out_dir):
 def overhead_table(rows):
     """A Markdown table of `overhead` rows: one line per balancer, one column per K."""
     ks = sorted({r["K"] for r in rows})
-    keys = list(dict.fromkeys((r["balancer"], r["kind"], r["jacobian_mode"]) for r in rows))
-    cells = {(r["balancer"], r["kind"], r["jacobian_mode"], r["K"]): r for r in rows}
+    def label(row):
+        every = row.get("update_every")
+        return row["balancer"] if every is None else f"{row['balancer']}, update_every={every}"
+
+    keys = list(dict.fromkeys((label(r), r["kind"], r["jacobian_mode"]) for r in rows))
+    cells = {(label(r), r["kind"], r["jacobian_mode"], r["K"]): r for r in rows}
     head = "| balancer | kind | per-term gradients | " + " | ".join(f"K={k}: ratio (ms)" for k in ks) + " |"
     lines = [head, "|---|---|---|" + "---|" * len(ks)]
     for name, kind, mode in keys:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_balance import balancers as balancers_lib
 from keras_balance import pde as pde_lib
 from keras_balance.balancers.registry import resolve
+from keras_balance.bench.handwritten import HandWrittenStep
 from keras_balance.bench.run import DEFAULTS, _check_positive_int, problem_name
 from keras_balance.models import JACOBIAN_MODES
 from keras_balance.pinn import PINNModel, build_pinn
@@ -41,6 +42,14 @@ def _train_chunk(model, iterator, steps):
     return time.perf_counter() - start
 
 
+def _run_chunk(entry, steps):
+    """Seconds for `steps` steps of a timed entry: `(model, iterator)` or a callable `steps -> seconds`."""
+    if callable(entry):
+        return entry(steps)
+    model, iterator = entry
+    return _train_chunk(model, iterator, steps)
+
+
 def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
     """Milliseconds per training step of compiled models, timed in interleaved chunks.
 
@@ -51,7 +60,10 @@ def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
     no model always runs first or right after a slow one.
 
     Args:
-        models: `{key: (model, iterator)}`, compiled models and the iterators they train on.
+        models: `{key: entry}`: `(model, iterator)`, a compiled model and the
+            iterator it trains on, or a callable `steps -> seconds` that runs
+            `steps` steps of another path (a hand-written step, `fit`) and
+            waits for the last one.
         steps: steps per chunk.
         repeats: timed chunks per model.
         baseline: the key the ratios refer to (None: no ratios).
@@ -65,14 +77,12 @@ def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
     keys = list(models)
     order = None if seed is None else np.random.default_rng(seed)
     for key in keys:
-        model, iterator = models[key]
-        _train_chunk(model, iterator, steps)  # warm up
+        _run_chunk(models[key], steps)  # warm up
     samples = {key: [] for key in keys}
     ratios = {key: [] for key in keys}
     for _ in range(repeats):
         for index in range(len(keys)) if order is None else order.permutation(len(keys)):
-            model, iterator = models[keys[index]]
-            samples[keys[index]].append(1000.0 * _train_chunk(model, iterator, steps) / steps)
+            samples[keys[index]].append(1000.0 * _run_chunk(models[keys[index]], steps) / steps)
         if baseline in models:
             for key in keys:
                 ratios[key].append(samples[key][-1] / samples[baseline][-1])
@@ -84,15 +94,26 @@ def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
 
 
 def _timing_model(problem, balancer, dataset, seed, learning_rate, jit_compile, num_terms=None,
-                  jacobian_mode=None):
+                  jacobian_mode=None, options=None):
     """A fresh PINN of the problem with `balancer` (a name), compiled and traced: `(model, iterator)`."""
     keras.utils.set_random_seed(seed)
     solution = build_pinn(problem, seed=seed)
-    model = PINNModel(problem, solution, balancer=resolve(balancer, num_terms, seed=seed))
+    model = PINNModel(problem, solution, balancer=resolve(balancer, num_terms, options, seed=seed))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   jacobian_mode=jacobian_mode)
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace + build
     return model, iter(dataset)
+
+
+#: The key of the hand-written step in `step_times` and `overhead`.
+HAND_WRITTEN = "hand-written"
+
+
+def _hand_written(problem, points, seed, learning_rate, jit_compile):
+    """A timed entry for `HandWrittenStep` on `problem`: the same network as `_timing_model`'s."""
+    keras.utils.set_random_seed(seed)
+    step = HandWrittenStep(problem, build_pinn(problem, seed=seed).network, learning_rate, jit_compile=jit_compile)
+    return lambda steps: step.run(points, steps)
 
 
 def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repeats=5, seed=0,
@@ -103,28 +124,34 @@ def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repea
     chunks of `steps` steps run interleaved (`interleaved_step_times`), one
     chunk per balancer per repeat in the order given, so that drift of the
     machine affects all balancers alike. The baseline is measured in the same
-    process.
+    process, and so is a step written by hand without keras_balance
+    (`HandWrittenStep`, the same network, loss and optimizer), under the key
+    `"hand-written"`; `baseline="hand-written"` takes it as the baseline.
 
     Returns:
-        `{name: {"ms_per_step": median, "ratio": median / baseline median}}`.
+        `{name: {"ms_per_step": median, "ratio": median / baseline median,
+        "vs_hand_written": median / the hand-written step's median}}`, the
+        hand-written step included.
     """
     steps = _check_positive_int("steps", steps)
     repeats = _check_positive_int("repeats", repeats)
-    names = list(dict.fromkeys([baseline, *balancers]))
+    names = [n for n in dict.fromkeys([baseline, *balancers]) if n != HAND_WRITTEN]
     problem = pde_lib.get(pde)
     settings = DEFAULTS[problem_name(problem) or "helmholtz"]
     points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
     dataset = tf.data.Dataset.from_tensors(points).repeat()
-    models = {name: _timing_model(problem, name, dataset, seed, settings["learning_rate"], jit_compile)
-              for name in names}
+    models = {HAND_WRITTEN: _hand_written(problem, points, seed, settings["learning_rate"], jit_compile)}
+    models.update({name: _timing_model(problem, name, dataset, seed, settings["learning_rate"], jit_compile)
+                   for name in names})
     times = interleaved_step_times(models, steps, repeats)
-    base = times[baseline]["ms_per_step"]
-    return {name: {"ms_per_step": row["ms_per_step"], "ratio": row["ms_per_step"] / base}
+    base, hand = times[baseline]["ms_per_step"], times[HAND_WRITTEN]["ms_per_step"]
+    return {name: {"ms_per_step": row["ms_per_step"], "ratio": row["ms_per_step"] / base,
+                   "vs_hand_written": row["ms_per_step"] / hand}
             for name, row in times.items()}
 
 
 def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, repeats=5, seed=0,
-             jit_compile=True, verbose=0):
+             jit_compile=True, verbose=0, update_every=None):
     """Cost per training step of each balancer on Helmholtz, as a ratio to Sum.
 
     For every K in `ks` the Helmholtz problem is set up with K terms (the
@@ -135,11 +162,20 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
     compiled train function called directly) then run interleaved
     (`interleaved_step_times`), one per model per repeat in a fresh random
     order, so drift of the machine affects all alike. Sum is measured in the
-    same run; each ratio is the median over the repeats of (chunk time /
-    Sum's chunk time in the same repeat).
+    same run, and so is a step written by hand without keras_balance
+    (`HandWrittenStep`, balancer `"hand-written"`, kind `"-"`); each ratio is
+    the median over the repeats of (chunk time / Sum's chunk time in the same
+    repeat).
+
+    With `update_every=n`, every gradient-level balancer that can hold its
+    weights (`holds_weights`) is timed a second time with `update_every=n`
+    (its default otherwise, which is 10 for LR annealing): the cost
+    amortized over chunks of `steps` steps (make it a multiple of n).
 
     Returns:
-        A list of rows `{"K", "balancer", "kind", "jacobian_mode", "ms_per_step", "ratio"}`.
+        A list of rows `{"K", "balancer", "kind", "jacobian_mode",
+        "update_every", "ms_per_step", "ratio"}` (`update_every` None: the
+        balancer's default).
     """
     steps = _check_positive_int("steps", steps)
     repeats = _check_positive_int("repeats", repeats)
@@ -155,23 +191,30 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
         problem = pde_lib.HelmholtzPDE(boundary=HELMHOLTZ_TERMS[k])
         points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
         dataset = tf.data.Dataset.from_tensors(points).repeat()
-        configs = [("sum", balancers_lib.LOSS_LEVEL, None)]
+        configs = [("sum", balancers_lib.LOSS_LEVEL, None, None)]
         for name in names:
-            kind = balancers_lib.available()[name.lower()].kind
+            cls = balancers_lib.available()[name.lower()]
             if name == "sum":
                 continue
-            if kind == balancers_lib.GRADIENT_LEVEL:
-                configs.extend((name, kind, mode) for mode in jacobian_modes)
+            if cls.kind == balancers_lib.GRADIENT_LEVEL:
+                configs.extend((name, cls.kind, mode, None) for mode in jacobian_modes)
+                if update_every is not None and cls.holds_weights:
+                    configs.extend((name, cls.kind, mode, update_every) for mode in jacobian_modes)
             else:
-                configs.append((name, kind, None))
-        models = {}
-        for name, kind, mode in configs:
+                configs.append((name, cls.kind, None, None))
+        models = {(HAND_WRITTEN, "-", None, None): _hand_written(problem, points, seed, settings["learning_rate"],
+                                                                  jit_compile)}
+        for name, kind, mode, every in configs:
             if verbose:
-                print(f"K={k}: building {name}{'' if mode is None else f' ({mode})'}", flush=True)
-            models[(name, kind, mode)] = _timing_model(problem, name, dataset, seed, settings["learning_rate"],
-                                                       jit_compile, num_terms=k, jacobian_mode=mode)
+                print(f"K={k}: building {name}{'' if mode is None else f' ({mode})'}"
+                      f"{'' if every is None else f', update_every={every}'}", flush=True)
+            options = None if every is None else {"update_every": every}
+            models[(name, kind, mode, every)] = _timing_model(problem, name, dataset, seed, settings["learning_rate"],
+                                                              jit_compile, num_terms=k, jacobian_mode=mode,
+                                                              options=options)
         times = interleaved_step_times(models, steps, repeats, baseline=configs[0], seed=seed)
-        rows.extend({"K": k, "balancer": name, "kind": kind, "jacobian_mode": mode, **times[(name, kind, mode)]}
-                    for name, kind, mode in models)
+        rows.extend({"K": k, "balancer": name, "kind": kind, "jacobian_mode": mode, "update_every": every,
+                     **times[(name, kind, mode, every)]}
+                    for name, kind, mode, every in models)
         del models
     return rows

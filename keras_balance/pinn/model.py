@@ -29,7 +29,7 @@ class PINN(keras.Model):
     model = PINN(mlp(), pde.derivatives, pde.domain)
     model.compile(optimizer="adam", loss=ReLoBRaLoLoss(pde))
     xy = pde.sample()
-    model.fit(xy, xy, batch_size=len(xy), epochs=1000)
+    model.fit(full_batch(xy, xy), steps_per_epoch=1000)
     ```
 
     Args:

@@ -1,0 +1,119 @@
+"""A PINN training step written by hand, without `BalancedModel`: the baseline of the framework's cost.
+
+What a user would write without keras_balance: one `tf.function` that takes
+the derivatives of the network with nested `GradientTape`s spelled out for
+the problem at hand, sums the PDE's terms (the mean of each) and applies
+Adam. It uses none of `PINN`, `PINNModel`, `BalancedModel` or the balancers,
+only the network (a plain Keras MLP) and `PDE.compute_loss`, which defines
+the terms. `keras-balance speed` and `keras-balance bench paths` time the
+framework's training paths against it, in the same process.
+"""
+
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_balance import pde as pde_lib
+
+
+def helmholtz_columns(field, x, y):
+    """`(u, u_xx, u_yy)` of `field(x, y)`, with two nested tapes."""
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, y])
+        with tf.GradientTape(persistent=True) as inner:
+            inner.watch([x, y])
+            u = field(x, y)
+        u_x, u_y = inner.gradient(u, x), inner.gradient(u, y)
+    return [u, outer.gradient(u_x, x), outer.gradient(u_y, y)]
+
+
+def kirchhoff_columns(field, x, y):
+    """`(w, w_xx, w_yy, w_xxxx, w_xxyy, w_yyyy)` of `field(x, y)`, with four nested tapes."""
+    with tf.GradientTape(persistent=True) as fourth:
+        fourth.watch([x, y])
+        with tf.GradientTape(persistent=True) as third:
+            third.watch([x, y])
+            with tf.GradientTape(persistent=True) as second:
+                second.watch([x, y])
+                with tf.GradientTape(persistent=True) as first:
+                    first.watch([x, y])
+                    w = field(x, y)
+                w_x, w_y = first.gradient(w, x), first.gradient(w, y)
+            w_xx, w_yy = second.gradient(w_x, x), second.gradient(w_y, y)
+        w_xxx, w_xxy, w_yyy = third.gradient(w_xx, x), third.gradient(w_xx, y), third.gradient(w_yy, y)
+    return [w, w_xx, w_yy, fourth.gradient(w_xxx, x), fourth.gradient(w_xxy, y), fourth.gradient(w_yyy, y)]
+
+
+#: The hand-written derivatives of each problem, in the order of its `derivatives`.
+COLUMNS = {"helmholtz": helmholtz_columns, "kirchhoff": kirchhoff_columns}
+
+
+class HandWrittenStep:
+    """One full-batch training step of `network` on `problem`, written by hand.
+
+    The network sees the coordinates mapped to [-1, 1] on the problem's
+    domain and its output is multiplied by `output_scale`, as `build_pinn`
+    sets a PINN up; the loss is the plain sum of the term means (what Sum
+    gives), and the optimizer is Adam.
+
+    Args:
+        problem: a `HelmholtzPDE` or `KirchhoffPDE` (any boundary option).
+        network: a Keras model mapping (N, 2) scaled coordinates to (N, 1).
+        learning_rate: Adam's learning rate.
+        output_scale: the factor on the network's output (None: the
+            problem's `characteristic_scale`, as `build_pinn` does).
+        jit_compile: compile the step with XLA.
+
+    Example:
+
+    >>> problem = pde_lib.HelmholtzPDE()
+    >>> step = HandWrittenStep(problem, mlp(seed=0), 1e-3)
+    >>> seconds = step.run(problem.sample(seed=0), steps=10)
+    """
+
+    def __init__(self, problem, network, learning_rate=1e-3, output_scale=None, jit_compile=True):
+        name = next((key for key, cls in pde_lib.PROBLEMS.items() if type(problem) is cls), None)
+        if name not in COLUMNS:
+            raise ValueError(
+                f"Argument `problem` must be one of the problems with a hand-written step, {sorted(COLUMNS)}; "
+                f"received {type(problem).__name__}."
+            )
+        self.problem = problem
+        self.network = network
+        self.columns = COLUMNS[name]
+        self.output_scale = float(getattr(problem, "characteristic_scale", 1.0) if output_scale is None
+                                  else output_scale)
+        (x0, x1), (y0, y1) = problem.domain
+        self.center = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        self.half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
+        self.optimizer = keras.optimizers.Adam(learning_rate)
+        self.optimizer.build(network.trainable_variables)
+        self.step = tf.function(self._step, jit_compile=jit_compile)
+
+    def field(self, x, y):
+        scaled = tf.concat([(x - self.center[0]) / self.half[0], (y - self.center[1]) / self.half[1]], axis=1)
+        return self.output_scale * self.network(scaled)
+
+    def _step(self, points):
+        x, y = points[:, :1], points[:, 1:2]
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            columns = self.columns(self.field, x, y)
+            terms = self.problem.compute_loss(x, y, tf.concat(columns, axis=1))
+            loss = tf.add_n([tf.reduce_mean(term) for term in terms])
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    def run(self, points, steps):
+        """Train `steps` steps on `points` (an (N, 2) array or tensor); return the wall time in seconds."""
+        points = tf.convert_to_tensor(points, dtype=self.network.variable_dtype)
+        start = time.perf_counter()
+        loss = None
+        for _ in range(steps):
+            loss = self.step(points)
+        float(loss)  # wait for the device
+        return time.perf_counter() - start
+
+
+__all__ = ["COLUMNS", "HandWrittenStep", "helmholtz_columns", "kirchhoff_columns"]

@@ -1,0 +1,53 @@
+"""The hand-written baseline trains exactly what PINNModel with Sum trains.
+
+Its cost is only a fair baseline if it does the same work: the same network,
+the same derivatives, the same loss and the same Adam steps. Starting from the
+same weights, both must follow the same trajectory.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_balance as kb
+from keras_balance.bench.handwritten import HandWrittenStep, helmholtz_columns, kirchhoff_columns
+
+
+@pytest.mark.parametrize("problem", [kb.HelmholtzPDE(), kb.HelmholtzPDE(boundary="per_edge"), kb.KirchhoffPDE()],
+                         ids=["helmholtz", "helmholtz-per-edge", "kirchhoff"])
+def test_the_hand_written_step_follows_pinnmodel_with_sum(problem):
+    points = problem.sample(64, 32, seed=0)
+    keras.utils.set_random_seed(0)
+    model = kb.PINNModel(problem, kb.build_pinn(problem, width=8, depth=2, seed=0), balancer="sum")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    hand_net = kb.build_pinn(problem, width=8, depth=2, seed=0).network
+    hand = HandWrittenStep(problem, hand_net, 1e-3, jit_compile=False)
+    model.fit(kb.full_batch(points), steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
+    hand.run(points, steps=5)
+    for ours, theirs in zip(model.solution.network.trainable_variables, hand_net.trainable_variables):
+        np.testing.assert_allclose(theirs.numpy(), ours.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(hand_net.trainable_variables[0].numpy(),
+                           kb.build_pinn(problem, width=8, depth=2, seed=0).network.trainable_variables[0].numpy())
+
+
+@pytest.mark.parametrize("columns, orders", [(helmholtz_columns, ["", "xx", "yy"]),
+                                             (kirchhoff_columns, ["", "xx", "yy", "xxxx", "xxyy", "yyyy"])])
+def test_hand_written_derivatives_are_the_closed_forms(columns, orders):
+    """On f = sin(2x) exp(y) every derivative is known in closed form."""
+    x = tf.constant(np.linspace(-1, 1, 7)[:, None], tf.float64)
+    y = tf.constant(np.linspace(-0.5, 0.5, 7)[:, None], tf.float64)
+    values = columns(lambda a, b: tf.sin(2 * a) * tf.exp(b), x, y)
+    s, e = np.sin(2 * x.numpy()), np.exp(y.numpy())
+    expected = {"": s * e, "xx": -4 * s * e, "yy": s * e, "xxxx": 16 * s * e, "xxyy": -4 * s * e, "yyyy": s * e}
+    assert len(values) == len(orders)
+    for value, order in zip(values, orders):
+        np.testing.assert_allclose(value.numpy(), expected[order], rtol=1e-10, atol=1e-12)
+
+
+def test_a_problem_without_a_hand_written_step_is_an_error():
+    class Other(kb.HelmholtzPDE):
+        pass
+
+    with pytest.raises(ValueError, match="`problem` must be one of the problems with a hand-written step"):
+        HandWrittenStep(Other(), kb.build_pinn(kb.HelmholtzPDE(), width=4, depth=1).network)
