@@ -106,3 +106,12 @@ def calling_model():
             return owner
         frame = frame.f_back
     return None
+
+
+def step_function(model, step):
+    """Keras' train function (iterator -> logs) around `step(data)`, as `make_train_function` builds it.
+
+    The same wrapping (distribution, XLA, steps per execution, the iterator's
+    end) that Keras' TensorFlow trainer gives `model.train_step`.
+    """
+    return model._make_function(step)
