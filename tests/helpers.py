@@ -57,6 +57,17 @@ OPTIONS = {
 ONE_VALUE_PER_TERM = {"aligned_mtl": "preference", "prior_loss": "prior_losses", "sum": "weights"}
 
 
+#: Balancers that stand for the registry in the default run of the long per-balancer
+#: tests (a stateless, a stateful loss-level, a learned, a projection and a
+#: min-norm method); `pytest -m slow` runs every name.
+REPRESENTATIVE = ("relobralo", "uncertainty", "pcgrad", "mgda", "lr_annealing")
+
+
+def default_or_slow(names, default=REPRESENTATIVE):
+    """`pytest.param`s of `names`: those in `default` run by default, the others under `-m slow`."""
+    return [pytest.param(name, marks=() if name in default else pytest.mark.slow) for name in names]
+
+
 def variants(names):
     """`pytest.param` pairs `(name, options)`: each method with its defaults, then with its `OPTIONS`."""
     return [

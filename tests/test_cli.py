@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from helpers import default_or_slow
+
 from keras_balance import bench, cli
 
 
@@ -156,7 +158,8 @@ def test_bench_overhead_times_held_weights(capsys):
 REQUIRED_OPTIONS = {"prior_loss": '{"prior_losses": [1000.0, 0.1]}'}
 
 
-@pytest.mark.parametrize("name", sorted(__import__("keras_balance").balancers.available()))
+@pytest.mark.parametrize("name", default_or_slow(sorted(__import__("keras_balance").balancers.available()),
+                                                ("sum", "relobralo", "prior_loss", "pcgrad", "gradnorm")))
 def test_train_accepts_every_registered_balancer(name, tmp_path, capsys):
     argv = ["train", "helmholtz", "--balancer", name, "--steps", "3", "--quiet", "--no-jit",
             "--json", str(tmp_path / "run.json")]
@@ -184,7 +187,7 @@ def test_list_names_every_registered_balancer(capsys):
 
 def test_bench_overhead_table_and_json(tmp_path, capsys):
     path = tmp_path / "overhead.json"
-    argv = ["bench", "overhead", "--ks", "2,3", "--balancers", "sum,pcgrad", "--modes",
+    argv = ["bench", "overhead", "--ks", "2", "--balancers", "sum,pcgrad", "--modes",
             "loop,features", "--steps", "2", "--repeats", "2", "--no-jit", "--json", str(path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -193,7 +196,7 @@ def test_bench_overhead_table_and_json(tmp_path, capsys):
     assert [line.split("|")[3].strip() for line in lines] == ["-", "-", "loop", "features"]
     rows = json.loads(path.read_text())
     assert {(r["K"], r["balancer"], r["jacobian_mode"]) for r in rows} == {
-        (k, b, m) for k in (2, 3)
+        (k, b, m) for k in (2,)
         for b, m in (("hand-written", None), ("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"))
     }
     assert all(r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import default_or_slow
 
 from keras_balance import balancers
 from keras_balance.pde import HelmholtzPDE
@@ -41,7 +42,7 @@ def train(name, options=None, mode="loop"):
     return before, after, history.history
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", default_or_slow(NAMES, ("pcgrad", "mgda", "gradnorm")))
 def test_trains_helmholtz(name):
     before, after, history = train(name, OPTIONS.get(name))
     for key, values in history.items():

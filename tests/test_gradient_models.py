@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import default_or_slow
 
 from keras_balance import BalancedModel, balancers
 from keras_balance.balancers import GradientBalancer, GradNorm, LRAnnealing
@@ -258,7 +259,7 @@ def test_update_schedule_is_the_same_for_one_or_several_steps_per_execution(run_
     assert results[0][2] == results[1][2] == 16
 
 
-@pytest.mark.parametrize("name", HOLDING)
+@pytest.mark.parametrize("name", default_or_slow(HOLDING, ("lr_annealing", "mgda")))
 def test_update_schedule_follows_a_backup_and_restore(tmp_path, name):
     """Interrupted after an epoch and resumed with BackupAndRestore, an
     every-3-steps schedule (4 steps an epoch) ends where the uninterrupted run

@@ -85,6 +85,7 @@ def test_stops_on_nan_and_restores_finite_parameters():
         np.testing.assert_array_equal(kernel, before)
 
 
+@pytest.mark.slow
 def test_float64_finetuning_runs_on_a_copy_and_writes_back():
     keras.utils.set_random_seed(0)
     pde = kb.pde.HelmholtzPDE()

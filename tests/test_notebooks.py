@@ -148,7 +148,7 @@ def test_notebook_reads_its_budget_from_the_environment(name):
 # -- runs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["helmholtz.ipynb", "kirchhoff.ipynb"])
+@pytest.mark.parametrize("name", ["helmholtz.ipynb", pytest.param("kirchhoff.ipynb", marks=pytest.mark.slow)])
 def test_pde_notebook_runs_top_to_bottom(name, kernel, tmp_path):
     code_cells = _execute(name, kernel, tmp_path)
     rows = _table(code_cells, "rel. L2 error")

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import NAMES, make
+from helpers import NAMES, REPRESENTATIVE, make
 
 import keras_balance as kb
 from keras_balance import balancers
@@ -168,7 +168,9 @@ def test_gradnorm_non_positive_learning_rate_is_an_error(value):
 # Every balancer on Helmholtz, one of each family on Kirchhoff (its fourth
 # derivatives take seconds to compile); the whole Kirchhoff row runs with `-m slow`.
 KIRCHHOFF_DEFAULT = {"relobralo", "uncertainty", "mgda", "gradnorm"}
-XLA_CASES = [pytest.param(name, "helmholtz", id=f"{name}-helmholtz") for name in NAMES] + [
+XLA_CASES = [pytest.param(name, "helmholtz", id=f"{name}-helmholtz",
+                          marks=() if name in REPRESENTATIVE or name in KIRCHHOFF_DEFAULT else pytest.mark.slow)
+             for name in NAMES] + [
     pytest.param(name, "kirchhoff", id=f"{name}-kirchhoff",
                  marks=() if name in KIRCHHOFF_DEFAULT else pytest.mark.slow)
     for name in NAMES
