@@ -79,9 +79,6 @@ def full_batch(x, y=None, sample_weight=None):
     return tf.data.Dataset.from_tensors(element).repeat()
 
 
-
-
-
 def full_batch_fit_arguments(x, y, kwargs):
     """The arguments of `fit(full_batch(x, y, w), steps_per_epoch=1, ...)` for a full-batch array `fit`, or None.
 
@@ -109,4 +106,6 @@ def full_batch_fit_arguments(x, y, kwargs):
     arguments["steps_per_epoch"] = 1
     arguments["shuffle"] = False  # one batch: nothing to shuffle
     return full_batch(x, y, kwargs.get("sample_weight")), arguments
+
+
 __all__ = ["full_batch", "full_batch_fit_arguments"]

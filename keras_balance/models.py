@@ -224,8 +224,14 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
             # (BackupAndRestore, ModelCheckpoint) hold the updated state.
             callbacks.insert(0, BalancerEpochEnd(self))
         callbacks.append(SkippedStepsWarning())
-        names = ("x", "y", "batch_size", "epochs", "verbose")
-        kwargs.update(zip(names, args))  # Keras' positional order
+        names = ("x", "y", "batch_size", "epochs", "verbose")  # Keras' positional order
+        if len(args) > len(names):
+            raise TypeError(f"fit() takes at most {len(names)} positional arguments ({', '.join(names)}); "
+                            f"received {len(args)}. Pass the others by keyword.")
+        twice = [name for name, _ in zip(names, args) if name in kwargs]
+        if twice:
+            raise TypeError(f"fit() got multiple values for argument {twice[0]!r}")
+        kwargs.update(zip(names, args))
         x, y = kwargs.pop("x", None), kwargs.pop("y", None)
         # Under a distribution strategy Keras shards arrays and datasets differently: keep its path.
         plain = not tf.distribute.has_strategy() and self.distribute_strategy is tf.distribute.get_strategy()

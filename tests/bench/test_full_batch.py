@@ -69,6 +69,16 @@ def test_positional_arguments_and_targets_are_kept():
     assert int(model.balancer.epochs_seen.numpy()) == 3  # DWA's per-epoch callback still runs
 
 
+def test_fit_arguments_given_twice_or_too_many_are_errors():
+    problem = kb.HelmholtzPDE()
+    model = pinn_model(problem, "sum")
+    xy = problem.sample(16, 8, seed=0)
+    with pytest.raises(TypeError, match="multiple values for argument 'batch_size'"):
+        model.fit(xy, None, 24, batch_size=24)
+    with pytest.raises(TypeError, match="at most 5 positional arguments"):
+        model.fit(xy, None, 24, 1, 0, [])
+
+
 def test_a_dataset_fit_does_not_warn_about_shuffle():
     problem = kb.HelmholtzPDE()
     model = pinn_model(problem, "sum")
