@@ -25,7 +25,7 @@ from keras_balance import compat, distribute
 
 #: How `BalancedModel` obtains the per-term gradients of a gradient-level balancer.
 JACOBIAN_MODES = ("loop", "vectorized", "features")
-JACOBIAN_SCOPES = ("shared", "kernel")
+JACOBIAN_SCOPES = ("shared", "kernel", "kernels")
 
 # model -> (feature layer name, model returning (features, outputs)). A view
 # on the model's own layers, kept out of Keras' tracking so that saving does
@@ -55,18 +55,22 @@ def loss_scale(optimizer):
     return optimizer.scale_loss(tf.constant(1.0, "float32"))
 
 
-def balancer_weights(balancer, jacobian, losses, scheduled):
+def balancer_weights(balancer, jacobian, losses, scheduled, segments=None):
     """The balancer's weights for a Jacobian.
 
     `scheduled`: the per-term gradients are there every step, but the
     balancer updates its weights only when `needs_jacobian()` and holds them
     otherwise (a decision read from its checkpointed `step` in the graph).
+    `segments`: the number of columns of each variable, in order (passed on
+    to balancers with per-layer statistics, `uses_segments`).
     """
+    if not balancer.uses_segments:
+        segments = None
     if not scheduled:
-        return balancer.weigh(jacobian, losses)
+        return balancer.weigh(jacobian, losses, segments=segments)
     return tf.cond(
         balancer.needs_jacobian(),
-        lambda: balancer.weigh(jacobian, losses),
+        lambda: balancer.weigh(jacobian, losses, segments=segments),
         lambda: tf.cast(balancer.hold(losses), jacobian.dtype),
     )
 
@@ -82,8 +86,9 @@ def weighted_gradients(tape, term_list, weights, variables):
 def scope_variables(model, variables, shared):
     """The indices of the variables the balancer's Jacobian covers.
 
-    All `shared` ones (touched by every term), or, for a balancer whose
-    `jacobian_scope` is `"kernel"`, one layer's kernel: the balancer's
+    All `shared` ones (touched by every term); for a balancer whose
+    `jacobian_scope` is `"kernels"`, the shared kernels (variables of rank
+    >= 2, no biases); for `"kernel"`, one layer's kernel: the balancer's
     `layer`, or the last kernel every term shares.
     """
     balancer = model.balancer
@@ -94,6 +99,11 @@ def scope_variables(model, variables, shared):
         )
     if balancer.jacobian_scope == "shared":
         return shared
+    kernels = [i for i in shared if len(variables[i].shape) >= 2]
+    if balancer.jacobian_scope == "kernels":
+        if not kernels:
+            raise ValueError("No kernel (a variable of rank >= 2) is shared by every loss term.")
+        return kernels
     name = balancer.layer
     if name is not None:
         kernel = getattr(model.get_layer(name), "kernel", None)
@@ -103,7 +113,6 @@ def scope_variables(model, variables, shared):
         if not matches or matches[0] not in shared:
             raise ValueError(f"The kernel of layer {name!r} must be trained and touched by every loss term.")
         return matches[:1]
-    kernels = [i for i in shared if len(variables[i].shape) >= 2]
     if not kernels:
         raise ValueError("No kernel (a variable of rank >= 2) is shared by every loss term.")
     return kernels[-1:]
@@ -149,7 +158,8 @@ def parameter_gradients(model, tape, term_list, terms, losses, variables, vector
     dtype = jacobian_dtype(variables)
     rows = [tf.concat([tf.reshape(tf.cast(grads[v], dtype), [-1]) for v in scope], 0) for grads in per_term]
     jacobian = tf.stack(rows) / tf.cast(loss_scale(model.optimizer), dtype)
-    weights = balancer_weights(balancer, jacobian, losses, scheduled)
+    segments = [int(np.prod(variables[v].shape)) for v in scope]
+    weights = balancer_weights(balancer, jacobian, losses, scheduled, segments)
     grads = []
     for v, variable in enumerate(variables):
         parts = [(i, g[v]) for i, g in enumerate(per_term) if g[v] is not None]

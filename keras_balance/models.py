@@ -8,18 +8,42 @@ losses in `keras_balance.terms` and the multi-worker workarounds in
 `keras_balance.distribute_workarounds`.
 """
 
+import contextlib
 import functools
+import weakref
 
 import keras
 import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
 from keras_balance import compat, distribute, jacobians
-from keras_balance.data import full_batch_fit_arguments
+from keras_balance.data import full_batch_element, full_batch_fit_arguments
 from keras_balance.distribute_workarounds import MultiWorkerFixes
 from keras_balance.finite import apply_if_finite, balancer_snapshot
 from keras_balance.jacobians import JACOBIAN_MODES
 from keras_balance.terms import LatestValue, OutputLosses, as_term_vector, check_term_names, output_keys, term_list
+
+
+# model -> the `full_batch` batch of the `fit` under way, trained on without an iterator.
+_FIT_BATCHES = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def training_on(model, batch):
+    """Within the block, `model`'s train function trains on `batch` (a `full_batch` element) and ignores its iterator.
+
+    What `BalancedModel.fit` does for a `keras_balance.full_batch` dataset;
+    the benchmark harness uses it to time the same path. `batch=None`
+    changes nothing.
+    """
+    if batch is None:
+        yield
+        return
+    _FIT_BATCHES[model] = batch
+    try:
+        yield
+    finally:
+        _FIT_BATCHES.pop(model, None)
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -240,7 +264,14 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
             (x, kwargs), y = fast, None
         elif isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # Keras ignores it for a dataset, with a warning
-        return super().fit(x, y, callbacks=callbacks, **kwargs)
+        # Every step of a `full_batch` dataset is the same batch: the
+        # compiled step takes it directly (see `make_train_function`).
+        batch = full_batch_element(x) if plain and isinstance(x, tf.data.Dataset) else None
+        reset = getattr(self.train_function, "reset_schedule", None)
+        if reset is not None:
+            reset()  # the balancer's `step` may have been restored since (BackupAndRestore, load_weights)
+        with training_on(self, batch):
+            return super().fit(x, y, callbacks=callbacks, **kwargs)
 
     @property
     def num_terms(self):
@@ -291,33 +322,78 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
     # -- steps ---------------------------------------------------------------
 
     def make_train_function(self, force=False):
-        """Keras' train function; for a held-weights schedule, one compiled step per branch.
+        """Keras' train function (iterator -> logs), with two shortcuts on one replica.
 
-        A gradient-level balancer with `update_every > 1`, trained one step
-        per execution on one replica, gets two compiled steps (per-term
-        gradients, or the weighted sum with the held weights) and each call
-        runs the one that `balancer.needs_jacobian()` chooses, read from the
-        balancer's checkpointed `step` at that call: a held step then costs
-        what Sum costs, where a `tf.cond` over both branches in one XLA
-        program costs some 10 % more on CPU. Elsewhere the choice is a
+        Trained one step per execution on one replica and not eagerly:
+
+        - During `fit` on a `keras_balance.full_batch` dataset, every step
+          trains on the same batch, so each call hands that batch straight to
+          the compiled `train_step` and leaves the iterator alone: Keras'
+          iterator and its outer graph cost some 10-20 % of a full-batch PINN
+          step on CPU (`keras-balance bench paths`).
+        - A gradient-level balancer with `update_every > 1` gets two compiled
+          steps (per-term gradients, or the weighted sum with the held
+          weights), and each call runs the one the balancer's checkpointed
+          `step` calls for (`step % update_every == 0`): a held step then
+          costs what Sum costs, where a `tf.cond` over both branches in one
+          XLA program costs some 10 % more on CPU. The variable is read only
+          on the calls that may be due, once every `update_every` calls,
+          and counted on the host in between; every `fit` reads it afresh.
+
+        Elsewhere this is Keras' function, and the held-weights choice is a
         `tf.cond` inside the step.
         """
         if self.train_function is not None and not force:
             return self.train_function
         balancer = self.balancer
-        if not (balancer.kind == balancers_lib.GRADIENT_LEVEL and balancer.update_every > 1
-                and self.steps_per_execution == 1 and not self.run_eagerly
+        if not (self.steps_per_execution == 1 and not self.run_eagerly
                 and self.distribute_strategy.num_replicas_in_sync == 1 and not tf.distribute.has_strategy()):
-            return super().make_train_function(force)
-        update = compat.step_function(self, functools.partial(self.train_step, per_term=True))
-        hold = compat.step_function(self, functools.partial(self.train_step, per_term=False))
+            super().make_train_function(force)
+            return self.train_function
+
+        def on_batch(step):
+            return tf.function(tf.autograph.experimental.do_not_convert(step), reduce_retracing=True,
+                               jit_compile=self.jit_compile is True)
+
+        if balancer.kind == balancers_lib.GRADIENT_LEVEL and balancer.update_every > 1:
+            steps = [functools.partial(self.train_step, per_term=per_term) for per_term in (True, False)]
+            update, hold = (compat.step_function(self, step) for step in steps)
+            update_batch, hold_batch = (on_batch(step) for step in steps)
+
+            period = balancer.update_every
+            # A host-side count of the balancer's `step`, so that the choice
+            # does not wait for every step to finish (reading the variable
+            # each step costs some 5 % on CPU). The variable is read on the
+            # calls the count says are due: the count is never behind it (a
+            # skipped step leaves the variable where it was), so a count
+            # ahead of it is caught on the next due call, before the
+            # variable reaches a multiple of `update_every`.
+            schedule = {"count": None}
+
+            def choose():
+                if not balancer.built:
+                    return True  # step 0 updates; the balancer gets its state in it
+                count = schedule["count"]
+                if count is None or count % period == 0:
+                    count = int(balancer.step.numpy())
+                schedule["count"] = count + 1
+                return count % period == 0
+        else:
+            update = update_batch = None
+            hold = compat.step_function(self, self.train_step)
+            hold_batch = on_batch(self.train_step)
+
+            def choose():
+                return False
 
         def train_function(iterator):
-            # Step 0 updates; an unbuilt balancer gets its state in that step.
-            if not balancer.built or bool(balancer.needs_jacobian()):
-                return update(iterator)
-            return hold(iterator)
+            batch = _FIT_BATCHES.get(self)
+            per_term = choose()
+            if batch is not None:
+                return update_batch(batch) if per_term else hold_batch(batch)
+            return update(iterator) if per_term else hold(iterator)
 
+        train_function.reset_schedule = (lambda: schedule.update(count=None)) if update is not None else None
         self.train_function = train_function
         return train_function
 
@@ -479,4 +555,4 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         return model
 
 
-__all__ = ["BalancedModel", "JACOBIAN_MODES", "LatestValue"]
+__all__ = ["BalancedModel", "JACOBIAN_MODES", "LatestValue", "training_on"]

@@ -127,6 +127,31 @@ def test_features_mode_weights_come_from_the_representation():
     np.testing.assert_allclose([history.history["w_a"][0], history.history["w_b"][0]], expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("convention", ["authors", "paper"])
+def test_lr_annealing_statistics_cover_the_kernels_layer_by_layer(convention):
+    """The authors' convention: shared kernels only, max of the layers' max, mean of the layers' means.
+
+    Recomputed from separate per-term gradients: the shared variables are
+    trunk_1's and trunk_2's kernel and bias; the heads belong to one term each.
+    """
+    x, y = data()
+    model = two_head_model(LRAnnealing(smoothing=0.0, update_every=1, convention=convention))
+    model(x)
+    ga, gb = per_term_gradients(model, x, y)
+    names = [v.path for v in model.trainable_variables if v.path.startswith("trunk")]
+    if convention == "authors":
+        kernels = [n for n in names if n.endswith("kernel")]
+        numerator = max(np.abs(ga[n]).max() for n in kernels)
+        denominator = np.mean([np.abs(gb[n]).mean() for n in kernels])
+    else:
+        numerator = max(np.abs(ga[n]).max() for n in names)
+        denominator = np.concatenate([np.abs(gb[n]).ravel() for n in names]).mean()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["w_b"][0], numerator / denominator, rtol=1e-4)
+    assert history.history["w_a"][0] == 1.0
+
+
 def test_modes_agree_under_xla():
     x, y = data()
     results = {}

@@ -21,7 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_balance.balancers.inputs import as_jacobian, as_loss_vector, bounded_weights, valid_entries
+from keras_balance.balancers.inputs import (
+    as_jacobian, as_loss_vector, bounded_weights, check_segments, valid_entries,
+)
 from keras_balance.balancers.threads import one_step_at_a_time
 
 
@@ -81,6 +83,11 @@ class Balancer(keras.layers.Layer):
     jacobian_scope = "shared"
     #: With `jacobian_scope="kernel"`, the name of the layer whose kernel is used.
     layer = None
+    #: True for gradient-level methods with per-layer statistics: `weigh`
+    #: and `aggregate` then pass `segments` (the number of columns of each
+    #: variable, in order) on to `compute_weights`. `BalancedModel` passes
+    #: the sizes of the variables the Jacobian covers.
+    uses_segments = False
     #: True for methods whose formula needs losses >= 0: a negative loss is
     #: then treated like a non-finite one (see `nan_policy`).
     needs_non_negative_losses = False
@@ -368,7 +375,7 @@ class GradientBalancer(Balancer):
             self._check_num_terms(losses, "losses")
         return jacobian, losses
 
-    def weigh(self, jacobian, losses=None):
+    def weigh(self, jacobian, losses=None, segments=None):
         """Return the K weights `w` (dtype of `jacobian`) with `J^T w` the direction.
 
         Advances the state of the balancer exactly as `aggregate` does.
@@ -376,12 +383,20 @@ class GradientBalancer(Balancer):
         Args:
             jacobian: (K, P) float32 or float64 tensor or array.
             losses: optional (K,) loss values; methods that use them say so.
+            segments: optional, for methods with per-layer statistics
+                (`uses_segments`): the number of columns of each layer's
+                block, summing to P (None: one block). Ignored by the others.
         """
         with one_step_at_a_time(self):
             jacobian, losses = self._prepare(jacobian, losses)
-            return self._weigh(jacobian, losses)[0]
+            return self._weigh(jacobian, losses, self._segments(jacobian, segments))[0]
 
-    def _weigh(self, jacobian, losses):
+    def _segments(self, jacobian, segments):
+        if not self.uses_segments or segments is None:
+            return None
+        return check_segments(segments, int(jacobian.shape[1]))
+
+    def _weigh(self, jacobian, losses, segments=None):
         finite = self.all_finite(jacobian)
         if losses is not None:
             valid = valid_entries(self, losses, losses=True)
@@ -390,7 +405,10 @@ class GradientBalancer(Balancer):
             losses = tf.where(tf.math.is_finite(losses), losses, tf.zeros_like(losses))
         jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
         snapshot = [tf.identity(v.value) for v in self.state_variables]
-        weights = bounded_weights(self.compute_weights(jacobian, None if losses is None else usable), jacobian.dtype)
+        usable = None if losses is None else usable
+        computed = (self.compute_weights(jacobian, usable, segments=segments) if self.uses_segments
+                    else self.compute_weights(jacobian, usable))
+        weights = bounded_weights(computed, jacobian.dtype)
         # Skip policy: put the state back and reuse the previous weights.
         for var, old in zip(self.state_variables, snapshot):
             var.assign(tf.where(finite, var.value, old))
@@ -402,17 +420,18 @@ class GradientBalancer(Balancer):
         self.step.assign_add(tf.cast(finite, "int64"))
         return weights, jacobian, finite
 
-    def aggregate(self, jacobian, losses=None):
+    def aggregate(self, jacobian, losses=None, segments=None):
         """Return the (P,) direction `J^T w` for a (K, P) Jacobian.
 
         Args:
             jacobian: (K, P) float32 or float64 tensor or NumPy array; row i is
                 the gradient of loss i.
             losses: optional (K,) loss values; methods that use them say so.
+            segments: see `weigh`.
         """
         with one_step_at_a_time(self):
             jacobian, losses = self._prepare(jacobian, losses)
-            weights, jacobian, finite = self._weigh(jacobian, losses)
+            weights, jacobian, finite = self._weigh(jacobian, losses, self._segments(jacobian, segments))
         direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
         return tf.where(finite, direction, tf.zeros_like(direction))
 

@@ -145,4 +145,21 @@ def valid_entries(balancer, values, losses=False):
     return valid
 
 
-__all__ = ["as_jacobian", "as_loss_vector", "bounded_weights", "describe", "valid_entries"]
+
+
+def check_segments(segments, columns):
+    """Validate `segments`: positive integers (the columns of each layer's block) summing to `columns`."""
+    try:
+        sizes = tuple(int(size) for size in segments)
+        valid = all(size > 0 and size == s for size, s in zip(sizes, segments)) and sum(sizes) == columns
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or not sizes:
+        raise ValueError(
+            f"Argument `segments` must be positive integers (the columns of each layer's block) that sum to "
+            f"the Jacobian's {columns} columns; received segments={segments!r}."
+        )
+    return sizes
+
+
+__all__ = ["as_jacobian", "as_loss_vector", "bounded_weights", "check_segments", "describe", "valid_entries"]

@@ -34,13 +34,16 @@ from keras_balance.bench.run import (
 )
 from keras_balance.bench.handwritten import HandWrittenStep
 from keras_balance.bench.paths import PATHS, paths_table, training_paths
-from keras_balance.bench.timing import HAND_WRITTEN, HELMHOLTZ_TERMS, interleaved_step_times, overhead, step_times
+from keras_balance.bench.timing import (
+    HAND_WRITTEN, HAND_WRITTEN_PER_TERM, HELMHOLTZ_TERMS, interleaved_step_times, overhead, step_times,
+)
 
 __all__ = [
     "DEFAULTS",
     "LR_SCHEDULES",
     "HELMHOLTZ_TERMS",
     "HAND_WRITTEN",
+    "HAND_WRITTEN_PER_TERM",
     "HandWrittenStep",
     "PATHS",
     "paths_table",

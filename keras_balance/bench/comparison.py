@@ -25,6 +25,7 @@ from keras_balance.bench.progress import RunProgress
 from keras_balance.bench.report import _json_safe, write_comparison
 from keras_balance.bench.run import DEFAULTS, _check_positive_int, problem_name, train
 from keras_balance.bench.timing import interleaved_step_times
+from keras_balance.data import full_batch, full_batch_element
 
 
 def balancer_names(spec):
@@ -244,7 +245,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
                     continue
                 kept[name] = (fresh.model, fresh.points)
             model, points = kept[name]
-            models[name] = (model, iter(tf.data.Dataset.from_tensors(points).repeat()))
+            dataset = full_batch(points)
+            models[name] = (model, iter(dataset), full_batch_element(dataset))
         try:
             timing = interleaved_step_times(models, timing_steps, timing_repeats, baseline="sum", seed=seeds[0])
         except Exception as error:  # timing is a bonus; never lose the results for it

@@ -4,7 +4,7 @@ What a user would write without keras_balance: one `tf.function` that takes
 the derivatives of the network with nested `GradientTape`s spelled out for
 the problem at hand, sums the PDE's terms (the mean of each) and applies
 Adam. It uses none of `PINN`, `PINNModel`, `BalancedModel` or the balancers,
-only the network (a plain Keras MLP) and `PDE.compute_loss`, which defines
+only the network (a plain Keras MLP) and `PDE.residuals`, which defines
 the terms. `keras-balance speed` and `keras-balance bench paths` time the
 framework's training paths against it, in the same process.
 """
@@ -64,6 +64,10 @@ class HandWrittenStep:
         output_scale: the factor on the network's output (None: the
             problem's `characteristic_scale`, as `build_pinn` does).
         jit_compile: compile the step with XLA.
+        per_term: take each term's gradient with its own backward pass and
+            add them up (what a gradient-level balancer's loop mode must do
+            at the least: one forward pass, K backward passes), rather than
+            one backward pass of the sum.
 
     Example:
 
@@ -72,7 +76,7 @@ class HandWrittenStep:
     >>> seconds = step.run(problem.sample(seed=0), steps=10)
     """
 
-    def __init__(self, problem, network, learning_rate=1e-3, output_scale=None, jit_compile=True):
+    def __init__(self, problem, network, learning_rate=1e-3, output_scale=None, jit_compile=True, per_term=False):
         name = next((key for key, cls in pde_lib.PROBLEMS.items() if type(problem) is cls), None)
         if name not in COLUMNS:
             raise ValueError(
@@ -89,6 +93,7 @@ class HandWrittenStep:
         self.half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.optimizer.build(network.trainable_variables)
+        self.per_term = bool(per_term)
         self.step = tf.function(self._step, jit_compile=jit_compile)
 
     def field(self, x, y):
@@ -98,11 +103,20 @@ class HandWrittenStep:
     def _step(self, points):
         x, y = points[:, :1], points[:, 1:2]
         variables = self.network.trainable_variables
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=self.per_term) as tape:
             columns = self.columns(self.field, x, y)
-            terms = self.problem.compute_loss(x, y, tf.concat(columns, axis=1))
-            loss = tf.add_n([tf.reduce_mean(term) for term in terms])
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+            # The terms from the separate columns: a boundary term's gradient
+            # then skips the derivatives' graph.
+            fields = dict(zip(self.problem.derivatives, columns))
+            terms = [tf.reduce_mean(term) for term in self.problem.residuals(x, y, fields)]
+            loss = tf.add_n(terms)
+        if self.per_term:
+            per_term = [tape.gradient(term, variables) for term in terms]
+            grads = [tf.add_n([g[v] for g in per_term if g[v] is not None]) for v in range(len(variables))]
+        else:
+            grads = tape.gradient(loss, variables)
+        del tape
+        self.optimizer.apply(grads, variables)
         return loss
 
     def run(self, points, steps):

@@ -13,24 +13,31 @@ import functools
 import time
 
 import keras
+import tensorflow as tf
 
 from keras_balance import pde as pde_lib
 from keras_balance.balancers.registry import resolve
 from keras_balance.bench.handwritten import HandWrittenStep
 from keras_balance.bench.run import DEFAULTS, _check_positive_int, problem_name
 from keras_balance.bench.timing import HAND_WRITTEN, interleaved_step_times
-from keras_balance.data import full_batch
+from keras_balance.data import full_batch, full_batch_element
 from keras_balance.losses import BalancedLoss
 from keras_balance.pinn import PINNModel, build_pinn
 
 #: The paths, in the order of the report, with what each one runs.
 PATHS = {
     HAND_WRITTEN: "a loop over a `tf.function(jit_compile=True)` step written without keras_balance",
-    "compiled train function": "`BalancedModel`'s compiled train function, called in a loop",
+    "compiled train step": "`BalancedModel.train_step` compiled with XLA, called on the batch in a loop "
+                           "(what `fit` on `full_batch` runs each step)",
+    "compiled train function on an iterator": "Keras' train function (iterator in, logs out), called in a loop "
+                                              "(what `fit` on any other dataset runs each step)",
     "fit(full_batch(xy), steps_per_epoch=N)": "the documented form (README, guides, `keras-balance train`)",
     "fit(xy, batch_size=len(xy), epochs=N)": "one step per epoch on arrays, through `BalancedModel.fit`",
     "Keras model + loss: fit(full_batch(xy, xy), steps_per_epoch=N)":
         "a plain Keras model (a `PINN`) compiled with `BalancedLoss(pde, balancer)`, the documented form",
+    "Keras model + plain loss: fit(full_batch(xy, xy), steps_per_epoch=N)":
+        "the same plain Keras model compiled with a plain function summing the term means, no keras_balance "
+        "loss: Keras' own cost",
     "Keras model + loss: fit(xy, xy, batch_size=len(xy), epochs=N)":
         "the same plain Keras model, one step per epoch: Keras' own per-epoch cost",
 }
@@ -83,6 +90,12 @@ def training_paths(pde="helmholtz", balancer="sum", steps=200, repeats=7, seed=0
                       jit_compile=jit_compile)
         return model
 
+    def summed_terms(y_true, y_pred):
+        terms = problem.compute_loss(y_true[:, :1], y_true[:, 1:2], y_pred)
+        return tf.add_n([tf.reduce_mean(term) for term in terms])
+
+    plain_loss_model = network()
+    plain_loss_model.compile(optimizer=optimizer(), loss=summed_terms, jit_compile=jit_compile)
     hand = HandWrittenStep(problem, network().network, settings["learning_rate"], jit_compile=jit_compile)
     loop = balanced_model()
     dataset = full_batch(xy)
@@ -90,14 +103,18 @@ def training_paths(pde="helmholtz", balancer="sum", steps=200, repeats=7, seed=0
     models = [balanced_model(), balanced_model(), plain_model(), plain_model()]
     runs = {
         HAND_WRITTEN: functools.partial(hand.run, xy),
-        "compiled train function": (loop, iter(dataset)),
+        "compiled train step": (loop, iter(dataset), full_batch_element(dataset)),
+        "compiled train function on an iterator": (loop, iter(dataset)),
         "fit(full_batch(xy), steps_per_epoch=N)":
             _timed(lambda n: models[0].fit(dataset, steps_per_epoch=n, verbose=0)),
         "fit(xy, batch_size=len(xy), epochs=N)":
             _timed(lambda n: models[1].fit(xy, batch_size=len(xy), epochs=n, verbose=0)),
         "Keras model + loss: fit(full_batch(xy, xy), steps_per_epoch=N)":
             _timed(lambda n: models[2].fit(full_batch(xy, xy), steps_per_epoch=n, shuffle=False, verbose=0)),
-        "Keras model + loss: fit(xy, xy, batch_size=len(xy), epochs=N)":
+        "Keras model + plain loss: fit(full_batch(xy, xy), steps_per_epoch=N)":
+        "the same plain Keras model compiled with a plain function summing the term means, no keras_balance "
+        "loss: Keras' own cost",
+    "Keras model + loss: fit(xy, xy, batch_size=len(xy), epochs=N)":
             _timed(lambda n: models[3].fit(xy, xy, batch_size=len(xy), epochs=n, verbose=0)),
     }
     times = interleaved_step_times(runs, steps, repeats, baseline=HAND_WRITTEN, seed=seed)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_balance import pde as pde_lib
 from keras_balance.balancers.registry import resolve
 from keras_balance.callbacks import ExactErrorHistory, TrainingProgress
+from keras_balance.data import full_batch
 from keras_balance.pinn import PINNModel, build_pinn
 
 # Embedded defaults of each problem: a 4 x 50 tanh MLP, Adam, full-batch
@@ -145,7 +146,7 @@ def point_dataset(problem, n_interior, n_boundary, seed=0, sampling="uniform", r
     """
     points = problem.sample(n_interior, n_boundary, seed=seed, method=sampling)
     if not resample:
-        return tf.data.Dataset.from_tensors(points).repeat(), points
+        return full_batch(points), points
     counter = itertools.count()
 
     def generate():

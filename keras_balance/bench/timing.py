@@ -11,43 +11,45 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
 from keras_balance import pde as pde_lib
 from keras_balance.balancers.registry import resolve
 from keras_balance.bench.handwritten import HandWrittenStep
 from keras_balance.bench.run import DEFAULTS, _check_positive_int, problem_name
-from keras_balance.models import JACOBIAN_MODES
+from keras_balance.data import full_batch, full_batch_element
+from keras_balance.models import JACOBIAN_MODES, training_on
 from keras_balance.pinn import PINNModel, build_pinn
 
 #: The Helmholtz boundary option that gives K loss terms.
 HELMHOLTZ_TERMS = {2: "combined", 3: "per_axis", 5: "per_edge"}
 
 
-def _train_chunk(model, iterator, steps):
+def _train_chunk(model, iterator, steps, batch=None):
     """Run `steps` compiled training steps and wait for the last one; return seconds.
 
     Calls the model's compiled train function directly, so that the timing
-    holds the steps themselves and not `fit`'s per-call set-up.
+    holds the steps themselves and not `fit`'s per-call set-up. With
+    `batch` (a `full_batch` element), the steps train on it as `fit` on
+    that `full_batch` dataset does, leaving the iterator alone.
     """
     model.make_train_function()
     function = model.train_function
     start = time.perf_counter()
     outputs = None
-    for _ in range(steps):
-        outputs = function(iterator)
+    with training_on(model, batch):
+        for _ in range(steps):
+            outputs = function(iterator)
     result = outputs.get_value() if hasattr(outputs, "get_value") else outputs
     float(keras.tree.flatten(result)[0])  # wait for the device
     return time.perf_counter() - start
 
 
 def _run_chunk(entry, steps):
-    """Seconds for `steps` steps of a timed entry: `(model, iterator)` or a callable `steps -> seconds`."""
+    """Seconds for `steps` steps of a timed entry: `(model, iterator[, batch])` or a callable `steps -> seconds`."""
     if callable(entry):
         return entry(steps)
-    model, iterator = entry
-    return _train_chunk(model, iterator, steps)
+    return _train_chunk(*entry[:2], steps, *entry[2:])
 
 
 def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
@@ -95,24 +97,31 @@ def interleaved_step_times(models, steps, repeats, baseline=None, seed=None):
 
 def _timing_model(problem, balancer, dataset, seed, learning_rate, jit_compile, num_terms=None,
                   jacobian_mode=None, options=None):
-    """A fresh PINN of the problem with `balancer` (a name), compiled and traced: `(model, iterator)`."""
+    """A fresh PINN of the problem with `balancer` (a name), compiled and traced: `(model, iterator, batch)`.
+
+    `dataset` is a `full_batch` dataset, and the timed steps train on its
+    batch as `fit` does.
+    """
     keras.utils.set_random_seed(seed)
     solution = build_pinn(problem, seed=seed)
     model = PINNModel(problem, solution, balancer=resolve(balancer, num_terms, options, seed=seed))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
                   jacobian_mode=jacobian_mode)
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace + build
-    return model, iter(dataset)
+    return model, iter(dataset), full_batch_element(dataset)
 
 
 #: The key of the hand-written step in `step_times` and `overhead`.
 HAND_WRITTEN = "hand-written"
+#: The key of the hand-written step with one backward pass per term, in `overhead`.
+HAND_WRITTEN_PER_TERM = "hand-written per-term"
 
 
-def _hand_written(problem, points, seed, learning_rate, jit_compile):
+def _hand_written(problem, points, seed, learning_rate, jit_compile, per_term=False):
     """A timed entry for `HandWrittenStep` on `problem`: the same network as `_timing_model`'s."""
     keras.utils.set_random_seed(seed)
-    step = HandWrittenStep(problem, build_pinn(problem, seed=seed).network, learning_rate, jit_compile=jit_compile)
+    step = HandWrittenStep(problem, build_pinn(problem, seed=seed).network, learning_rate, jit_compile=jit_compile,
+                           per_term=per_term)
     return lambda steps: step.run(points, steps)
 
 
@@ -139,7 +148,7 @@ def step_times(pde="helmholtz", balancers=("sum", "relobralo"), steps=200, repea
     problem = pde_lib.get(pde)
     settings = DEFAULTS[problem_name(problem) or "helmholtz"]
     points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
-    dataset = tf.data.Dataset.from_tensors(points).repeat()
+    dataset = full_batch(points)
     models = {HAND_WRITTEN: _hand_written(problem, points, seed, settings["learning_rate"], jit_compile)}
     models.update({name: _timing_model(problem, name, dataset, seed, settings["learning_rate"], jit_compile)
                    for name in names})
@@ -190,7 +199,7 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
             raise ValueError(f"Argument `ks` must take values in {sorted(HELMHOLTZ_TERMS)}; received {k!r}.")
         problem = pde_lib.HelmholtzPDE(boundary=HELMHOLTZ_TERMS[k])
         points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
-        dataset = tf.data.Dataset.from_tensors(points).repeat()
+        dataset = full_batch(points)
         configs = [("sum", balancers_lib.LOSS_LEVEL, None, None)]
         for name in names:
             cls = balancers_lib.available()[name.lower()]
@@ -204,6 +213,10 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
                 configs.append((name, cls.kind, None, None))
         models = {(HAND_WRITTEN, "-", None, None): _hand_written(problem, points, seed, settings["learning_rate"],
                                                                   jit_compile)}
+        if any(kind == balancers_lib.GRADIENT_LEVEL for _, kind, _, _ in configs):
+            # The least a loop-mode step can cost: one forward pass, K backward passes.
+            models[(HAND_WRITTEN_PER_TERM, "-", "loop", None)] = _hand_written(
+                problem, points, seed, settings["learning_rate"], jit_compile, per_term=True)
         for name, kind, mode, every in configs:
             if verbose:
                 print(f"K={k}: building {name}{'' if mode is None else f' ({mode})'}"

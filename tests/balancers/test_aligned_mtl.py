@@ -78,6 +78,41 @@ def test_matches_reference(scale, k, p, rank):
         np.testing.assert_allclose(weights, ref_aligned(jacobian, pref, scale), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eigenvalues", [(3e7, 3e4, 3.0, 3e-3), (1e5, 1e2, 1e-1, 1e-5), (1.0, 1e-3, 1e-7, 1e-10)],
+                         ids=["3e-3-to-3e7", "1e-5-to-1e5", "1e-10-to-1"])
+def test_ill_conditioned_gramians_follow_the_papers_formula(eigenvalues, seed):
+    """Eigenvalues of G over ten orders of magnitude: every one is a direction, kept.
+
+    The paper's formula with the full rank (B = s_min U S^{-1} U^T, in float64
+    from the SVD of J): a cosine of at least 0.9999 to the direction, and the
+    aligned rows have equal norms. A threshold at float32's precision (the
+    reference's, K * 1.19e-7) would drop the smallest direction; the package's
+    is at float64's, relative to the largest eigenvalue.
+    """
+    rng = np.random.default_rng(seed)
+    k, p = len(eigenvalues), 12
+    u, _ = np.linalg.qr(rng.normal(size=(k, k)))
+    w, _ = np.linalg.qr(rng.normal(size=(p, k)))
+    jacobian = u @ np.diag(np.sqrt(eigenvalues)) @ w.T
+    gramian = jacobian @ jacobian.T
+    assert np.linalg.eigvalsh(gramian).min() / np.linalg.eigvalsh(gramian).max() < 1e-9
+    uu, ss, _ = np.linalg.svd(jacobian, full_matrices=False)
+    expected = jacobian.T @ (ss.min() * uu @ np.diag(1.0 / ss) @ uu.T @ np.full(k, 1.0 / k))
+    for dtype in ("float64", "float32"):
+        if dtype == "float32" and eigenvalues[-1] / eigenvalues[0] < 1e-7:
+            continue  # float32 entries cannot carry a direction 1e-10 below the largest
+        direction = AlignedMTL().aggregate(jacobian.astype(dtype)).numpy().astype("float64")
+        cosine = direction @ expected / (np.linalg.norm(direction) * np.linalg.norm(expected))
+        assert cosine >= 0.9999, (dtype, cosine)
+        np.testing.assert_allclose(np.linalg.norm(direction), np.linalg.norm(expected), rtol=1e-3)
+    rows = aligned_rows(jacobian)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), np.sqrt(eigenvalues[-1]), rtol=1e-6)
+    # The authors' float32 threshold treats the smallest direction as zero: a different direction.
+    coarse = AlignedMTL(rtol=k * 1.19e-7).aggregate(jacobian).numpy()
+    assert coarse @ expected / (np.linalg.norm(coarse) * np.linalg.norm(expected)) < 0.9999
+
+
 # -- the guarantee ----------------------------------------------------------------------------
 
 

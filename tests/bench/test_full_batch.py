@@ -105,3 +105,51 @@ def test_full_batch_elements():
 def test_full_batch_bad_input(call, message):
     with pytest.raises((TypeError, ValueError), match=message):
         call()
+
+
+class BatchSeen(keras.callbacks.Callback):
+    """Records, at every training batch, whether the model trains on a `full_batch` batch directly."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.balanced, self.seen = model, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.append(kb.models._FIT_BATCHES.get(self.balanced) is not None)
+
+
+@pytest.mark.parametrize("balancer, jit", [("relobralo", True), ("sum", False), ("lr_annealing", True)],
+                         ids=["loss-level-xla", "sum-graph", "held-weights-xla"])
+def test_a_full_batch_fit_takes_the_batch_directly_and_trains_as_the_iterator(balancer, jit):
+    """The direct path (no iterator) gives the trajectory of the same data through Keras' iterator, bitwise."""
+    problem = kb.HelmholtzPDE()
+    xy = problem.sample(64, 32, seed=0)
+    direct, iterated = pinn_model(problem, balancer), pinn_model(problem, balancer)
+    for model in (direct, iterated):
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
+    probe, control = BatchSeen(direct), BatchSeen(iterated)
+    log_d = direct.fit(kb.full_batch(xy), steps_per_epoch=7, epochs=2, verbose=0, callbacks=[probe])
+    plain = tf.data.Dataset.from_tensors(xy).repeat()  # the same batch, not made by full_batch
+    log_i = iterated.fit(plain, steps_per_epoch=7, epochs=2, verbose=0, callbacks=[control])
+    assert probe.seen == [True] * 14 and control.seen == [False] * 14
+    assert kb.models._FIT_BATCHES.get(direct) is None  # only during fit
+    for a, b in zip(weights(direct), weights(iterated)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(log_d.history["loss"], log_i.history["loss"])
+    assert int(direct.optimizer.iterations.numpy()) == 14
+
+
+def test_the_direct_path_ends_with_the_fit_even_when_it_fails():
+    problem = kb.HelmholtzPDE()
+    model = pinn_model(problem, "sum")
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(kb.full_batch(problem.sample(16, 8, seed=0)), steps_per_epoch=3, verbose=0, callbacks=[Stop()])
+    assert kb.models._FIT_BATCHES.get(model) is None
+    history = model.fit(tf.data.Dataset.from_tensors(problem.sample(16, 8, seed=0)).repeat(), steps_per_epoch=2,
+                        verbose=0)
+    assert len(history.history["loss"]) == 1

@@ -16,13 +16,15 @@ from keras_balance.bench.handwritten import HandWrittenStep, helmholtz_columns, 
 
 @pytest.mark.parametrize("problem", [kb.HelmholtzPDE(), kb.HelmholtzPDE(boundary="per_edge"), kb.KirchhoffPDE()],
                          ids=["helmholtz", "helmholtz-per-edge", "kirchhoff"])
-def test_the_hand_written_step_follows_pinnmodel_with_sum(problem):
+@pytest.mark.parametrize("per_term", [False, True], ids=["sum", "per-term"])
+def test_the_hand_written_step_follows_pinnmodel_with_sum(problem, per_term):
+    """The per-term variant adds the terms' separate gradients: the same update, up to rounding."""
     points = problem.sample(64, 32, seed=0)
     keras.utils.set_random_seed(0)
     model = kb.PINNModel(problem, kb.build_pinn(problem, width=8, depth=2, seed=0), balancer="sum")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     hand_net = kb.build_pinn(problem, width=8, depth=2, seed=0).network
-    hand = HandWrittenStep(problem, hand_net, 1e-3, jit_compile=False)
+    hand = HandWrittenStep(problem, hand_net, 1e-3, jit_compile=False, per_term=per_term)
     model.fit(kb.full_batch(points), steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
     hand.run(points, steps=5)
     for ours, theirs in zip(model.solution.network.trainable_variables, hand_net.trainable_variables):
