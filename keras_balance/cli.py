@@ -95,6 +95,10 @@ def _json_object(text):
 
 def _add_training_options(parser):
     parser.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem to solve")
+    parser.add_argument("--protocol", choices=["wang2021", "bischof2021"], default=None,
+                        help="a published set-up: wang2021 (Helmholtz as Wang, Teng & Perdikaris 2021 train it) or "
+                             "bischof2021 (the Kirchhoff plate of the ReLoBRaLo authors' repository); sets the "
+                             "terms, network, points, schedule and budget, and the options given here override it")
     parser.add_argument("--steps", type=_positive_int, default=None,
                         help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff)")
     parser.add_argument("--learning-rate", type=_positive_float, default=None,
@@ -188,7 +192,7 @@ def build_parser():
     over = bench_sub.add_parser(
         "overhead", help="step time of every balancer on Helmholtz with K = 2, 3, 5 terms, as a ratio to Sum"
     )
-    over.add_argument("--ks", type=_int_list, default=[2, 3, 5], help="numbers of terms (from 2, 3, 5)")
+    over.add_argument("--ks", type=_int_list, default=[2, 3, 5], help="numbers of terms (from 2, 3, 5, 9, 17)")
     over.add_argument("--balancers", default=None, help="comma-separated names (default: all)")
     over.add_argument("--modes", default="loop",
                       help="per-term gradient modes of gradient-level balancers: loop, vectorized, features")
@@ -210,6 +214,35 @@ def build_parser():
     paths.add_argument("--repeats", type=_positive_int, default=7, help="timed chunks per path (default 7)")
     paths.add_argument("--no-jit", action="store_true", help="do not compile the training steps with XLA")
     paths.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+
+    scale = bench_sub.add_parser(
+        "scaling", help="step time as the collocation points (1k to 64k) and the terms (K = 2 to 17) grow"
+    )
+    scale.add_argument("--points", type=_int_list, default=[1024, 4096, 16384, 65536],
+                       help="interior points of the first sweep, with a quarter as many on the boundary "
+                            "(default 1024,4096,16384,65536)")
+    scale.add_argument("--ks", type=_int_list, default=[2, 5, 9, 17],
+                       help="numbers of terms of the second sweep, from 2, 3, 5, 9, 17 (default 2,5,9,17)")
+    scale.add_argument("--balancers", default="sum,relobralo,mgda,pcgrad",
+                       help="comma-separated names (default sum,relobralo,mgda,pcgrad; Sum always runs)")
+    scale.add_argument("--steps", type=_positive_int, default=10, help="steps per timed chunk (default 10)")
+    scale.add_argument("--repeats", type=_positive_int, default=3, help="timed chunks per model (default 3)")
+    scale.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+
+    memory = bench_sub.add_parser(
+        "memory", help="peak memory of the training steps per balancer and Jacobian mode (one process each)"
+    )
+    memory.add_argument("pde", nargs="?", default="helmholtz", help="a problem name (default helmholtz)")
+    memory.add_argument("--options", default=None, metavar="JSON",
+                        help='the problem\'s constructor arguments, e.g. \'{"boundary": "per_edge"}\'')
+    memory.add_argument("--balancers", default="sum,relobralo,mgda,pcgrad",
+                        help="comma-separated names (default sum,relobralo,mgda,pcgrad; Sum always runs)")
+    memory.add_argument("--modes", default="loop,vectorized",
+                        help="per-term gradient modes of gradient-level balancers (default loop,vectorized)")
+    memory.add_argument("--interior-points", type=_positive_int, default=None, metavar="N",
+                        help="interior points, with a quarter as many on the boundary (default 1024)")
+    memory.add_argument("--steps", type=_positive_int, default=20, help="training steps measured (default 20)")
+    memory.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
 
     plot = sub.add_parser("plot", help="draw the loss-term and weight figures from a history CSV")
     plot.add_argument("csv", help="a history CSV: first column epoch or step, then N and w_N per term N")
@@ -295,6 +328,13 @@ def _training_settings(args):
     settings = {"learning_rate": args.learning_rate, "width": args.width, "depth": args.depth,
                 "n_interior": args.interior_points, "n_boundary": args.boundary_points,
                 "final_learning_rate": args.final_learning_rate}
+    if args.protocol is not None:
+        from keras_balance.bench import protocols
+
+        if protocols.get(args.protocol).pde != args.pde:
+            raise SystemExit(f"keras-balance: error: argument --protocol: {args.protocol} trains "
+                             f"{protocols.get(args.protocol).pde}; received the problem {args.pde}")
+        settings["protocol"] = args.protocol
     if args.lr_schedule != "constant":
         settings["lr_schedule"] = args.lr_schedule
     return {k: v for k, v in settings.items() if v is not None}
@@ -371,6 +411,10 @@ def cmd_bench(args):
     check_output_file("--json", args.json)
     if args.benchmark == "paths":
         return _bench_paths(bench, args)
+    if args.benchmark == "scaling":
+        return _bench_scaling(bench, args)
+    if args.benchmark == "memory":
+        return _bench_memory(bench, args)
     names = balancer_list(args.balancers) if args.balancers else None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
@@ -383,6 +427,48 @@ def cmd_bench(args):
           f"steps, ratio to Sum in the same run, {os.cpu_count()} CPU cores visible, "
           f"XLA {'off' if args.no_jit else 'on'}")
     print(bench.overhead_table(rows))
+    if args.json:
+        _write_json(args.json, rows)
+    return 0
+
+
+def _bench_memory(bench, args):
+    from keras_balance import pde as pde_lib
+
+    names = balancer_list(args.balancers)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in ("loop", "vectorized", "features"):
+            raise SystemExit(f"keras-balance: error: argument --modes: unknown mode {mode!r}; "
+                             "expected loop, vectorized or features")
+    try:
+        options = json.loads(args.options) if args.options else {}
+        problem = pde_lib.get(args.pde, **options)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"keras-balance: error: argument --options: {error}") from None
+    rows = bench.memory_table_rows(problem, names, modes, steps=args.steps, n_interior=args.interior_points)
+    n = args.interior_points or 1024
+    print(f"{args.pde} ({problem.num_terms} terms), {n} + {n // 4} points, XLA on: the allocator's peak over "
+          f"{args.steps} training steps, {rows[0]['device']}, one process per row")
+    print(bench.memory_table(rows))
+    if args.json:
+        _write_json(args.json, rows)
+    return 0
+
+
+def _bench_scaling(bench, args):
+    names = balancer_list(args.balancers)
+    try:
+        rows = bench.scaling(points=args.points, ks=args.ks, balancers=names, steps=args.steps,
+                             repeats=args.repeats, verbose=1)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: {error}") from None
+    print(f"Helmholtz, 4x50 PINN, XLA on: median of {args.repeats} chunks of {args.steps} steps, "
+          f"ms per step (ratio to Sum in the same setting), {os.cpu_count()} CPU cores visible")
+    print("\nThe number of points, K = 5:\n")
+    print(bench.scaling_table(rows, "points"))
+    print("\nThe number of terms, 1024 + 256 points:\n")
+    print(bench.scaling_table(rows, "K"))
     if args.json:
         _write_json(args.json, rows)
     return 0

@@ -145,3 +145,21 @@ def test_console_entry_point_prints_the_error_without_a_traceback(a_file):
     assert done.returncode == 1
     assert "keras-balance: error: --json" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_protocol_for_another_problem_is_refused_before_training(no_training):
+    message = _error(["train", "helmholtz", "--protocol", "bischof2021", "--quiet"])
+    assert "--protocol: bischof2021 trains kirchhoff; received the problem helmholtz" in message
+
+
+def test_the_protocol_reaches_training_and_explicit_options_go_with_it(monkeypatch):
+    seen = {}
+
+    def train(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench, "train", train)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(["train", "helmholtz", "--protocol", "wang2021", "--width", "20", "--quiet"])
+    assert seen["protocol"] == "wang2021" and seen["width"] == 20 and seen["steps"] is None

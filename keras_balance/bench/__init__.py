@@ -33,7 +33,9 @@ from keras_balance.bench.run import (
     train,
 )
 from keras_balance.bench.handwritten import HandWrittenStep
+from keras_balance.bench.memory import memory_table, memory_table_rows, peak_memory
 from keras_balance.bench.paths import PATHS, paths_table, training_paths
+from keras_balance.bench.scaling import scaling, scaling_table
 from keras_balance.bench.timing import (
     HAND_WRITTEN, HAND_WRITTEN_PER_TERM, HELMHOLTZ_TERMS, interleaved_step_times, overhead, step_times,
 )
@@ -47,6 +49,11 @@ __all__ = [
     "HandWrittenStep",
     "PATHS",
     "paths_table",
+    "memory_table",
+    "memory_table_rows",
+    "peak_memory",
+    "scaling",
+    "scaling_table",
     "training_paths",
     "ExponentialToFinal",
     "RunResult",

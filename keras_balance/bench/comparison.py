@@ -126,7 +126,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         verbose: 1 shows the progress of every run on `stream` (default stderr).
         command: the command line to state in `results.md`.
         resume: reuse the matching runs recorded in `out/runs.jsonl` (needs `out`).
-        **overrides: `learning_rate`, `n_interior`, `n_boundary`, `width`, `depth`, ...
+        **overrides: `learning_rate`, `n_interior`, `n_boundary`, `width`, `depth`, `protocol`
+            (a published set-up, see `keras_balance.bench.protocols`), ...
 
     Returns:
         A dict: `runs` (one record per run), `aggregates` (one per balancer),
@@ -142,9 +143,20 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
     timing_steps = _check_positive_int("timing_steps", timing_steps)
     if isinstance(timing_repeats, bool) or not isinstance(timing_repeats, (int, np.integer)) or timing_repeats < 0:
         raise ValueError(f"Argument `timing_repeats` must be a non-negative integer; received {timing_repeats!r}.")
-    problem = pde_lib.get(pde)
+    protocol = overrides.get("protocol")
+    if protocol is not None:
+        from keras_balance.bench import protocols
+
+        spec = protocols.get(protocol)
+        if pde != spec.pde:
+            raise ValueError(f"Argument `pde`: the protocol {protocol!r} trains {spec.pde!r}; received pde={pde!r}.")
+        problem = pde_lib.get(pde, **spec.pde_options)
+        budget = steps or spec.settings["steps"]
+    else:
+        problem = pde_lib.get(pde)
+        budget = None
     key = problem_name(problem) or str(pde)
-    budget = steps or DEFAULTS.get(key, DEFAULTS["helmholtz"])["steps"]
+    budget = budget or steps or DEFAULTS.get(key, DEFAULTS["helmholtz"])["steps"]
     total = len(names) * len(seeds)
     stream = stream or sys.stderr
     if resume and not out:

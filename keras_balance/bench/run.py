@@ -159,7 +159,7 @@ def point_dataset(problem, n_interior, n_boundary, seed=0, sampling="uniform", r
 
 
 def train(
-    pde="helmholtz",
+    pde=None,
     balancer="relobralo",
     steps=None,
     seed=0,
@@ -176,12 +176,14 @@ def train(
     lbfgs_steps=0,
     lbfgs_options=None,
     callbacks=None,
+    protocol=None,
+    plateau=None,
     **overrides,
 ):
     """Train a PINN on `pde` with `balancer` and return a `RunResult`.
 
     Args:
-        pde: `"helmholtz"`, `"kirchhoff"`, or a `PDE` instance.
+        pde: `"helmholtz"` (default, or the protocol's problem), `"kirchhoff"`, or a `PDE` instance.
         balancer: a balancer name (seeded with `seed` if it is random) or instance.
         steps: optimizer steps (default: the PDE's embedded default).
         seed: seeds the collocation points, the network and the balancer.
@@ -206,6 +208,16 @@ def train(
             `dtype`, ...). The summary's `lbfgs["history"]` holds
             `[step, loss, rel. L2, seconds]` after every chunk.
         callbacks: more Keras callbacks for the Adam phase.
+        protocol: the name of a published set-up (`keras_balance.bench.protocols`,
+            `"wang2021"` or `"bischof2021"`): it sets the problem's options, the
+            network, the points, the schedule and the budget, and every
+            argument given here overrides it (a flag such as `resample` can
+            only be switched on, and `lr_schedule="constant"` is the
+            protocol's schedule).
+        plateau: `{"patience", "factor", "max_cuts", "warmup_fraction"}` of
+            a `PlateauSchedule` evaluated every `log_every` steps (None: none;
+            it needs a constant learning rate). The run reports the best
+            network it saw.
         **overrides: `n_interior`, `n_boundary`, `width`, `depth`, `output_scale`.
 
     Returns:
@@ -213,7 +225,29 @@ def train(
         early with `status="diverged at step ~k"` (k: the step of the log
         record that saw it) and NaN errors.
     """
-    problem = pde_lib.get(pde, **(pde_options or {}))
+    if protocol is not None:
+        from keras_balance.bench import protocols
+
+        spec = protocols.get(protocol)
+        pde = spec.pde if pde is None else pde
+        if isinstance(pde, str) and pde != spec.pde:
+            raise ValueError(f"Argument `pde`: the protocol {protocol!r} trains {spec.pde!r}; received pde={pde!r}.")
+        given = spec.train_arguments()
+        pde_options = {**given.pop("pde_options"), **(pde_options or {})}
+        steps = given.pop("steps") if steps is None else steps
+        learning_rate = given.pop("learning_rate") if learning_rate is None else learning_rate
+        if lr_schedule == "constant":
+            lr_schedule = given.get("lr_schedule", "constant")
+        if final_learning_rate is None and "decay_per_1000_steps" in given:
+            # The same decay per step whatever the budget: the rate after `steps`.
+            final_learning_rate = learning_rate * given["decay_per_1000_steps"] ** (steps / 1000.0)
+        resample = bool(resample or given.get("resample", False))
+        log_every = log_every or given.get("log_every")
+        plateau = given.get("plateau") if plateau is None else plateau
+        for name in ("n_interior", "n_boundary", "width", "depth"):
+            if overrides.get(name) is None and name in given:
+                overrides[name] = given[name]
+    problem = pde_lib.get("helmholtz" if pde is None else pde, **(pde_options or {}))
     key = problem_name(problem)
     settings = dict(DEFAULTS.get(key, DEFAULTS["helmholtz"]))
     settings["output_scale"] = problem.characteristic_scale
@@ -255,6 +289,16 @@ def train(
     model.compile(optimizer=keras.optimizers.Adam(rate), jit_compile=jit_compile)
     stopper = _StopOnNonFinite()
     callbacks = [ExactErrorHistory(problem, solution.predict_field), stopper, *(callbacks or [])]
+    schedule = None
+    if plateau is not None:
+        from keras_balance.bench.protocols import PlateauSchedule
+
+        if lr_schedule != "constant":
+            raise ValueError(f"Argument `plateau` needs a constant learning rate; received lr_schedule={lr_schedule!r}.")
+        options = dict(plateau)
+        warmup = int(float(options.pop("warmup_fraction", 0.0)) * steps)
+        schedule = PlateauSchedule(problem.term_names, solution.network, warmup_steps=warmup, **options)
+        callbacks.append(schedule)
     progress = None
     if verbose:
         keys = list(problem.term_names) + [f"w_{n}" for n in problem.term_names] + ["rel_l2"]
@@ -266,7 +310,7 @@ def train(
     start = time.perf_counter()
     done = 0
     for chunk, epochs in ((log_every, steps // log_every), (steps % log_every, 1)):
-        if chunk == 0 or epochs == 0 or stopper.step is not None:
+        if chunk == 0 or epochs == 0 or stopper.step is not None or (schedule is not None and schedule.stopped):
             continue
         if progress is not None:
             progress.steps_per_epoch = chunk
@@ -279,6 +323,8 @@ def train(
         log_steps.extend(done + chunk * (i + 1) for i in range(recorded))
         done += chunk * recorded
     seconds = time.perf_counter() - start
+    if schedule is not None and stopper.step is None:
+        schedule.restore_best()
 
     status = "ok" if stopper.step is None else f"diverged at step ~{stopper.step}"
     errors = problem.error(solution.predict_field, n=101)
@@ -332,7 +378,11 @@ def train(
         points=points,
         settings={**settings, "lr_schedule": lr_schedule,
                   "final_learning_rate": None if lr_schedule == "constant"
-                  else final_learning_rate or settings["learning_rate"] / 100.0},
+                  else final_learning_rate or settings["learning_rate"] / 100.0,
+                  **({"protocol": protocol} if protocol is not None else {}),
+                  **({"pde_options": problem.get_config()} if protocol is not None or pde_options else {}),
+                  **({"plateau": dict(plateau), "plateau_cuts": schedule.events, "steps_run": done}
+                     if schedule is not None else {})},
     )
 
 

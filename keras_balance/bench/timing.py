@@ -21,8 +21,14 @@ from keras_balance.data import full_batch, full_batch_element
 from keras_balance.models import JACOBIAN_MODES, training_on
 from keras_balance.pinn import PINNModel, build_pinn
 
-#: The Helmholtz boundary option that gives K loss terms.
-HELMHOLTZ_TERMS = {2: "combined", 3: "per_axis", 5: "per_edge"}
+#: The Helmholtz options that give K loss terms.
+HELMHOLTZ_TERMS = {
+    2: {"boundary": "combined"},
+    3: {"boundary": "per_axis"},
+    5: {"boundary": "per_edge"},
+    9: {"boundary": "per_edge", "segments": 2},
+    17: {"boundary": "per_edge", "segments": 4},
+}
 
 
 def _train_chunk(model, iterator, steps, batch=None):
@@ -197,7 +203,7 @@ def overhead(ks=(2, 3, 5), balancers=None, jacobian_modes=("loop",), steps=100, 
     for k in ks:
         if k not in HELMHOLTZ_TERMS:
             raise ValueError(f"Argument `ks` must take values in {sorted(HELMHOLTZ_TERMS)}; received {k!r}.")
-        problem = pde_lib.HelmholtzPDE(boundary=HELMHOLTZ_TERMS[k])
+        problem = pde_lib.HelmholtzPDE(**HELMHOLTZ_TERMS[k])
         points = problem.sample(settings["n_interior"], settings["n_boundary"], seed=seed)
         dataset = full_batch(points)
         configs = [("sum", balancers_lib.LOSS_LEVEL, None, None)]

@@ -34,6 +34,26 @@ def sin(values):
     return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
 
 
+#: How a term's per-point values become its scalar (see `PDE` and `own_mean`).
+MEANS = ("batch", "own")
+
+
+def check_means(means):
+    if means not in MEANS:
+        raise ValueError(f"Argument `means` must be one of {MEANS}; received means={means!r}.")
+    return means
+
+
+def own_mean(values, mask):
+    """Per-point values whose mean over the batch is the mean of `values` over the points where `mask` is 1.
+
+    `mask * values / mean(mask)`: a term taken over its own points (the
+    interior for a residual, an edge for a boundary condition) rather than
+    over the whole batch; 0 when the batch holds none of its points.
+    """
+    return tf.math.divide_no_nan(mask * values, tf.reduce_mean(mask))
+
+
 def check_number(name, value, low=-math.inf, high=math.inf, low_open=False, high_open=False):
     """Validate a finite real constructor argument; returns it as a float."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

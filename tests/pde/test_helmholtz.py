@@ -268,3 +268,30 @@ def test_per_axis_splits_the_boundary_into_x_and_y_edges():
     per_edge = [t.numpy().ravel() for t in HelmholtzPDE(boundary="per_edge").compute_loss(x, y, preds)]
     np.testing.assert_allclose(on_x, np.maximum(per_edge[1], per_edge[2]))
     np.testing.assert_allclose(on_y, np.maximum(per_edge[3], per_edge[4]))
+
+
+def test_own_means_are_the_means_over_each_set_of_points():
+    """`means="own"`: the residual over the interior points, each edge over its own, a sum of edge means."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_balance import HelmholtzPDE
+
+    batch, own = HelmholtzPDE(boundary="per_edge"), HelmholtzPDE(boundary="per_edge", means="own")
+    xy = batch.sample(40, 24, seed=1)
+    preds = np.random.default_rng(1).normal(size=(len(xy), 3)).astype("float32")
+    x, y = xy[:, :1], xy[:, 1:2]
+    masks = {k: v.numpy().ravel() > 0 for k, v in batch.boundary_masks(tf.constant(x), tf.constant(y)).items()}
+    per_point = [t.numpy().ravel() for t in batch.compute_loss(x, y, preds)]
+    values = [float(tf.reduce_mean(t)) for t in own.compute_loss(x, y, preds)]
+    interior = ~np.any(np.stack(list(masks.values())), axis=0)
+    np.testing.assert_allclose(values[0], per_point[0][interior].mean(), rtol=1e-5)
+    for i, edge in enumerate(("left", "right", "bottom", "top")):
+        np.testing.assert_allclose(values[1 + i], per_point[1 + i][masks[edge]].mean(), rtol=1e-5)
+    combined = HelmholtzPDE(means="own")
+    total = [float(tf.reduce_mean(t)) for t in combined.compute_loss(x, y, preds)]
+    np.testing.assert_allclose(total[1], sum(values[1:]), rtol=1e-5)
+    assert HelmholtzPDE(**own.get_config()).means == "own" and "means" not in batch.get_config()
+    # A batch with no boundary point: the boundary terms are 0, not NaN.
+    inner = own.compute_loss(xy[:40, :1], xy[:40, 1:2], preds[:40])
+    assert all(float(tf.reduce_mean(t)) == 0.0 for t in inner[1:])

@@ -283,3 +283,31 @@ def test_characteristic_scale_comes_from_the_data():
     np.testing.assert_allclose(pde.characteristic_scale, 4 * pde.amplitude, rtol=1e-12)  # square plate
     wide = KirchhoffPDE(width=10.0, height=5.0)
     np.testing.assert_allclose(wide.characteristic_scale, 0.015 * 100 * 25 / (np.pi**4 * D), rtol=1e-12)
+
+
+def test_per_edge_terms_add_up_to_the_combined_ones():
+    """Nine terms: the residual, then w and the moment on each edge; their sums are L_b0 and L_b2."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_balance import KirchhoffPDE
+
+    combined, per_edge = KirchhoffPDE(), KirchhoffPDE(boundary="per_edge")
+    assert per_edge.num_terms == 9 and per_edge.term_names[1:3] == ("L_b0_left", "L_b2_left")
+    xy = combined.sample(40, 60, seed=2)
+    preds = np.random.default_rng(2).normal(size=(len(xy), 6)).astype("float32")
+    x, y = xy[:, :1], xy[:, 1:2]
+    whole = [float(tf.reduce_mean(t)) for t in combined.compute_loss(x, y, preds)]
+    parts = [float(tf.reduce_mean(t)) for t in per_edge.compute_loss(x, y, preds)]
+    assert parts[0] == whole[0]
+    np.testing.assert_allclose(sum(parts[1::2]), whole[1], rtol=1e-5)
+    np.testing.assert_allclose(sum(parts[2::2]), whole[2], rtol=1e-5)
+    own = KirchhoffPDE(boundary="per_edge", means="own")
+    scaled = [float(tf.reduce_mean(t)) for t in own.compute_loss(x, y, preds)]
+    # Each edge holds 15 of the 100 points: its own mean is 100/15 times its batch mean.
+    np.testing.assert_allclose(scaled[1:], np.array(parts[1:]) * 100 / 15, rtol=1e-5)
+    assert KirchhoffPDE(**own.get_config()).term_names == own.term_names
+    with pytest.raises(ValueError, match="`boundary` must be one of"):
+        KirchhoffPDE(boundary="per_axis")
+    with pytest.raises(ValueError, match="`means` must be one of"):
+        KirchhoffPDE(means="sum")
