@@ -135,7 +135,7 @@ def test_lr_annealing_statistics_cover_the_kernels_layer_by_layer(convention):
     trunk_1's and trunk_2's kernel and bias; the heads belong to one term each.
     """
     x, y = data()
-    model = two_head_model(LRAnnealing(smoothing=0.0, update_every=1, convention=convention))
+    model = two_head_model(LRAnnealing(smoothing=0.0, mode="max", update_every=1, convention=convention))
     model(x)
     ga, gb = per_term_gradients(model, x, y)
     names = [v.path for v in model.trainable_variables if v.path.startswith("trunk")]

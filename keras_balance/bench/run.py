@@ -244,6 +244,8 @@ def train(
         resample = bool(resample or given.get("resample", False))
         log_every = log_every or given.get("log_every")
         plateau = given.get("plateau") if plateau is None else plateau
+        if isinstance(balancer, str) and balancer.lower() in spec.balancer_options:
+            balancer_options = {**spec.balancer_options[balancer.lower()], **(balancer_options or {})}
         for name in ("n_interior", "n_boundary", "width", "depth"):
             if overrides.get(name) is None and name in given:
                 overrides[name] = given[name]

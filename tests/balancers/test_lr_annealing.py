@@ -30,7 +30,7 @@ def test_hand_values_without_smoothing(mode, expected):
 
 
 def test_moving_average_over_updates():
-    balancer = LRAnnealing(smoothing=0.9, update_every=1, convention="paper")
+    balancer = LRAnnealing(smoothing=0.9, mode="max", update_every=1, convention="paper")
     first = balancer.weigh(J).numpy()
     np.testing.assert_allclose(first, [1.0, 0.9 + 0.1 * 8.0, 0.9 + 0.1 * 2.0], rtol=1e-6)
     second = balancer.weigh(J).numpy()
@@ -38,7 +38,7 @@ def test_moving_average_over_updates():
 
 
 def test_reference_term_and_zero_gradient():
-    balancer = LRAnnealing(smoothing=0.0, reference=2)
+    balancer = LRAnnealing(smoothing=0.0, mode="max", reference=2)
     jacobian = np.array([[1.0, 1.0], [0.0, 0.0], [3.0, -1.0]])
     # Term 1 has a zero gradient: no information, its weight stays 1.
     np.testing.assert_allclose(balancer.weigh(jacobian).numpy(), [3.0, 1.0, 1.0], rtol=1e-6)
@@ -60,13 +60,13 @@ def test_update_schedule():
 
 def test_scale_equivariance_and_range():
     for scale in (1e-10, 1.0, 1e10):
-        weights = LRAnnealing(smoothing=0.0, convention="paper").weigh(J * scale).numpy()
+        weights = LRAnnealing(smoothing=0.0, mode="max", convention="paper").weigh(J * scale).numpy()
         np.testing.assert_allclose(weights, [1.0, 8.0, 2.0], rtol=1e-6)
 
 
 def test_authors_convention_weighs_the_statistics_of_the_weighted_term():
     """lambda_hat_i = max|g_r| / (lambda_i mean|g_i|): the first update is the paper's, the next ones are not."""
-    balancer = LRAnnealing(smoothing=0.9, update_every=1)
+    balancer = LRAnnealing(smoothing=0.9, mode="max", update_every=1)
     assert balancer.convention == "authors"
     first = balancer.weigh(J).numpy()
     np.testing.assert_allclose(first, [1.0, 0.9 + 0.1 * 8.0, 0.9 + 0.1 * 2.0], rtol=1e-6)
@@ -82,11 +82,11 @@ def test_authors_fixed_point_is_the_square_root_of_the_papers(scale):
 
     Scaling the whole Jacobian leaves the weights alone.
     """
-    balancer = LRAnnealing(smoothing=0.9, update_every=1)
+    balancer = LRAnnealing(smoothing=0.9, mode="max", update_every=1)
     for _ in range(400):
         weights = balancer.weigh(J * scale).numpy()
     np.testing.assert_allclose(weights, [1.0, np.sqrt(8.0), np.sqrt(2.0)], rtol=1e-5)
-    paper = LRAnnealing(smoothing=0.9, update_every=1, convention="paper")
+    paper = LRAnnealing(smoothing=0.9, mode="max", update_every=1, convention="paper")
     for _ in range(400):
         weights = paper.weigh(J * scale).numpy()
     np.testing.assert_allclose(weights, [1.0, 8.0, 2.0], rtol=1e-5)
@@ -137,3 +137,11 @@ def test_bad_arguments(kwargs, name):
 def test_reference_out_of_range():
     with pytest.raises(ValueError, match="reference"):
         LRAnnealing(reference=3).build_for(2)
+
+
+def test_defaults():
+    """The authors' statistics with the mean numerator (see the class docstring for why)."""
+    balancer = LRAnnealing()
+    assert (balancer.convention, balancer.mode, balancer.smoothing, balancer.update_every) == ("authors", "mean", 0.9, 10)
+    # mean|g_0| = 2 over mean|g_1| = 0.5 and mean|g_2| = 2.
+    np.testing.assert_allclose(LRAnnealing(smoothing=0.0).weigh(J).numpy(), [1.0, 4.0, 1.0], rtol=1e-6)

@@ -20,6 +20,8 @@ def test_wang2021_sets_the_papers_run_and_explicit_arguments_win():
     # Adam 1e-3 decayed by 0.9 per 1000 steps, whatever the budget.
     assert settings["final_learning_rate"] == pytest.approx(1e-3 * 0.9 ** (20 / 1000))
     assert result.steps == 20 and result.term_names == ("L_f", "L_b")
+    # The authors' code: LR annealing's max numerator (the package's default is the mean).
+    assert result.model.balancer.mode == "max" and result.model.balancer.convention == "authors"
 
 
 def test_bischof2021_trains_nine_terms_with_the_plateau_rule():
