@@ -151,7 +151,8 @@ def test_bench_overhead_times_held_weights(capsys):
     rows = bench.overhead(ks=(2,), balancers=["mgda", "pcgrad"], steps=2, repeats=1, jit_compile=False,
                           update_every=2)
     labels = {(r["balancer"], r["update_every"]) for r in rows}
-    assert labels == {("hand-written", None), ("sum", None), ("mgda", None), ("mgda", 2), ("pcgrad", None)}
+    assert labels == {("hand-written", None), ("hand-written per-term", None), ("sum", None), ("mgda", None),
+                      ("mgda", 2), ("pcgrad", None)}
     assert "mgda, update_every=2" in bench.overhead_table(rows)
 
 
@@ -192,12 +193,14 @@ def test_bench_overhead_table_and_json(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ") and "ratio" not in line]
-    assert [line.split("|")[1].strip() for line in lines] == ["hand-written", "sum", "pcgrad", "pcgrad"]
-    assert [line.split("|")[3].strip() for line in lines] == ["-", "-", "loop", "features"]
+    assert [line.split("|")[1].strip() for line in lines] == [
+        "hand-written", "hand-written per-term", "sum", "pcgrad", "pcgrad"]
+    assert [line.split("|")[3].strip() for line in lines] == ["-", "loop", "-", "loop", "features"]
     rows = json.loads(path.read_text())
     assert {(r["K"], r["balancer"], r["jacobian_mode"]) for r in rows} == {
         (k, b, m) for k in (2,)
-        for b, m in (("hand-written", None), ("sum", None), ("pcgrad", "loop"), ("pcgrad", "features"))
+        for b, m in (("hand-written", None), ("hand-written per-term", "loop"), ("sum", None), ("pcgrad", "loop"),
+                     ("pcgrad", "features"))
     }
     assert all(r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)
     assert all(r["ratio"] == 1.0 for r in rows if r["balancer"] == "sum")
