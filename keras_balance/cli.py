@@ -437,10 +437,12 @@ def _bench_memory(bench, args):
 
     names = balancer_list(args.balancers)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    from keras_balance.jacobians import JACOBIAN_MODES
+
     for mode in modes:
-        if mode not in ("loop", "vectorized", "features"):
+        if mode not in JACOBIAN_MODES:
             raise SystemExit(f"keras-balance: error: argument --modes: unknown mode {mode!r}; "
-                             "expected loop, vectorized or features")
+                             f"expected one of {', '.join(JACOBIAN_MODES)}")
     try:
         options = json.loads(args.options) if args.options else {}
         problem = pde_lib.get(args.pde, **options)

@@ -163,3 +163,10 @@ def test_the_protocol_reaches_training_and_explicit_options_go_with_it(monkeypat
     with pytest.raises(RuntimeError, match="stop here"):
         cli.main(["train", "helmholtz", "--protocol", "wang2021", "--width", "20", "--quiet"])
     assert seen["protocol"] == "wang2021" and seen["width"] == 20 and seen["steps"] is None
+
+
+def test_bench_memory_and_scaling_refuse_bad_arguments_before_measuring():
+    assert "--modes: unknown mode 'pfor'; expected one of loop, vectorized, features" in _error(
+        ["bench", "memory", "--modes", "pfor"])
+    assert "--options" in _error(["bench", "memory", "--options", '{"boundary": "diagonal"}'])
+    assert "`ks` must take values in" in _error(["bench", "scaling", "--ks", "4", "--steps", "1", "--repeats", "1"])
