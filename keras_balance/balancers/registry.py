@@ -13,7 +13,9 @@ def register(name, cls=None):
     """Register a `Balancer` subclass under a string identifier.
 
     Usable as a decorator (`@register("mine")`) or a call
-    (`register("mine", MyBalancer)`). Names are case-insensitive.
+    (`register("mine", MyBalancer)`). Names are case-insensitive and
+    ignore separators when looked up (see `canonical`), so two names that
+    differ only in case or separators cannot name two balancers.
     """
 
     def add(cls):
@@ -22,15 +24,35 @@ def register(name, cls=None):
         key = name.lower()
         if key in _REGISTRY and _REGISTRY[key] is not cls:
             raise ValueError(f"A balancer named {name!r} is already registered.")
+        clash = [k for k, c in _REGISTRY.items() if c is not cls and canonical(k) == canonical(key)]
+        if clash:
+            raise ValueError(f"The name {name!r} would be read as the registered {clash[0]!r}; choose another.")
         _REGISTRY[key] = cls
         return cls
 
     return add if cls is None else add(cls)
 
 
+def canonical(name):
+    """`name` in lower case without separators: `"Nash-MTL"`, `"nash_mtl"` and `"NashMTL"` read alike."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def _lookup(name):
-    """The class registered under `name` (case-insensitive); a `ValueError` names the known ones."""
+    """The class registered under `name`; a `ValueError` names the known ones.
+
+    Names are case-insensitive and ignore separators (`-`, `_`, spaces), and
+    a registered class's own name works too: `"nash-mtl"`, `"NashMTL"` and
+    `"nash_mtl"` are one balancer.
+    """
     key = name.lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    spellings = {canonical(k): c for k, c in _REGISTRY.items()}
+    for cls in _REGISTRY.values():
+        spellings.setdefault(canonical(cls.__name__), cls)
+    if canonical(key) in spellings:
+        return spellings[canonical(key)]
     if key not in _REGISTRY:
         raise ValueError(
             f"Unknown balancer: balancer={name!r}. Known balancers: {', '.join(sorted(_REGISTRY))}."

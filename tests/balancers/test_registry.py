@@ -101,6 +101,36 @@ def test_unknown_name():
         assert known in message
 
 
+@pytest.mark.parametrize("spelling, name", [
+    ("LR-Annealing", "lr_annealing"), ("lrannealing", "lr_annealing"), ("LRAnnealing", "lr_annealing"),
+    ("imtl-g", "imtl_g"), ("IMTLG", "imtl_g"), ("Aligned MTL", "aligned_mtl"), ("GeneralizedMean", "generalized_mean"),
+    ("UncertaintyWeighting", "uncertainty"), ("ReLoBRaLo", "relobralo"),
+])
+def test_obvious_spellings_are_aliases(spelling, name):
+    assert type(kb.get(spelling)) is kb.available()[name]
+
+
+def test_aliases_do_not_match_other_names():
+    for near in ("imtl", "mgda_", "sum2", "relo-bralo-x"):
+        if near == "mgda_":
+            assert type(kb.get(near)) is kb.available()["mgda"]  # only separators differ
+            continue
+        with pytest.raises(ValueError, match="Known balancers"):
+            kb.get(near)
+
+
+def test_register_rejects_a_name_that_reads_as_another(isolated_registry):
+    class Other(LossBalancer):
+        summary = "test only"
+
+        def compute_weights(self, losses):
+            return tf.ones_like(losses)
+
+    with pytest.raises(ValueError, match="lr_annealing"):
+        kb.register("LR-annealing", Other)
+    assert "lr-annealing" not in kb.available()
+
+
 @pytest.mark.parametrize("identifier", [3, None, 1.5, ["sum"], len, keras.layers.Dense], ids=str)
 def test_wrong_type(identifier):
     with pytest.raises(TypeError, match="balancer"):
