@@ -8,7 +8,7 @@ import pytest
 
 from helpers import default_or_slow
 
-from keras_balance import bench, cli
+from keras_balance import bench, cli, plotting
 
 
 def test_list_prints_every_balancer_with_its_kind(capsys):
@@ -36,10 +36,18 @@ def test_train_writes_summary_and_figures(tmp_path, capsys):
     np.testing.assert_allclose(sum(data["final_weights"].values()), 2.0, rtol=1e-5)
     names = sorted(os.listdir(figures))
     assert names == sorted(
-        f"helmholtz_relobralo_seed3_{kind}.png" for kind in ("losses", "weights", "solution", "error")
+        [f"helmholtz_relobralo_seed3_{kind}.png" for kind in ("losses", "weights", "solution", "error")]
+        + ["helmholtz_relobralo_seed3_history.csv"]
     )
     for name in names:
-        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if name.endswith(".png"):
+            assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The history is the trace of the run, in the form `keras-balance plot` reads.
+    steps, history, terms, step_name = plotting.read_history_csv(str(figures / "helmholtz_relobralo_seed3_history.csv"))
+    assert step_name == "step" and terms == ["L_f", "L_b"]
+    assert list(steps) == sorted(steps) and steps[-1] <= 30 and len(steps) >= 2
+    np.testing.assert_allclose(history["w_L_f"][-1] + history["w_L_b"][-1], 2.0, rtol=1e-5)
+    np.testing.assert_allclose(history["w_L_f"][-1], data["final_weights"]["L_f"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("argv", [["train", "helmholtz", "--balancer", "relobralow"],

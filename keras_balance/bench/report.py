@@ -6,8 +6,28 @@ import os
 import numpy as np
 
 
+def save_history(result, path):
+    """Write a run's history as a CSV that `keras-balance plot` reads; return `path`.
+
+    One row per log record: `step`, then every recorded column (each term
+    `N` and its weight `w_N`, `loss`, `rel_l2`, `mse`, ...).
+    """
+    import csv
+
+    # The terms in the problem's order, then their weights, then the rest.
+    first = [*result.term_names, *(f"w_{name}" for name in result.term_names)]
+    columns = [name for name in [*first, *(n for n in result.history if n not in first)]
+               if len(result.history.get(name, ())) == len(result.log_steps)]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *columns])
+        for row, step in enumerate(result.log_steps):
+            writer.writerow([int(step), *(repr(float(result.history[name][row])) for name in columns)])
+    return path
+
+
 def save_figures(result, out_dir):
-    """Write the four figures of a run to `out_dir`; return their paths."""
+    """Write the four figures of a run and its history CSV to `out_dir`; return their paths."""
     from keras_balance import plotting
 
     os.makedirs(out_dir, exist_ok=True)
@@ -15,6 +35,7 @@ def save_figures(result, out_dir):
     predict = result.model.solution.predict_field
     title = f"{result.pde}, {result.balancer}, seed {result.seed}"
     return [
+        save_history(result, os.path.join(out_dir, f"{tag}_history.csv")),
         plotting.plot_losses(result.log_steps, result.history, result.term_names,
                              os.path.join(out_dir, f"{tag}_losses.png"), title=title),
         plotting.plot_weights(result.log_steps, result.history, result.term_names,
