@@ -4,6 +4,7 @@
     keras-balance train kirchhoff --sampling sobol --resample --lbfgs-steps 500
     keras-balance compare helmholtz --balancers all --seeds 3 --out results/helmholtz
     keras-balance compare kirchhoff --balancers sum,relobralo,mgda --seeds 0,1,2 --steps 2000
+    keras-balance compare multitask --balancers all --seeds 3 --out results/multitask
     keras-balance speed helmholtz --balancers sum,relobralo
     keras-balance bench overhead --ks 2,3,5
     keras-balance plot run.csv --out figures/
@@ -17,7 +18,11 @@ Sum), `results.json` (one record per run and the aggregates) and two figures
 (error over steps, final error maps); a balancer that fails or diverges is
 reported as such and the comparison goes on. Both take `--sampling
 uniform|sobol|halton`, `--resample` (fresh points every step) and
-`--lbfgs-steps N` (L-BFGS with frozen weights after Adam). `plot` draws the
+`--lbfgs-steps N` (L-BFGS with frozen weights after Adam). The problem
+`multitask` (MultiDigits, `keras_balance.bench.multitask`) trains a
+three-task network on pairs of scikit-learn's digits instead of a PINN; its
+budget is `--epochs`, and `compare multitask` scores every run with each
+task's test metric and the multi-task metric Delta_m%. `plot` draws the
 loss-term and weight figures from a history CSV.
 """
 
@@ -94,13 +99,18 @@ def _json_object(text):
 
 
 def _add_training_options(parser):
-    parser.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem to solve")
+    parser.add_argument("pde", choices=["helmholtz", "kirchhoff", "multitask"],
+                        help="the problem to solve: a PDE, or multitask (MultiDigits: pairs of scikit-learn's "
+                             "8 x 8 digits, two classification tasks and a regression)")
     parser.add_argument("--protocol", choices=["wang2021", "bischof2021"], default=None,
                         help="a published set-up: wang2021 (Helmholtz as Wang, Teng & Perdikaris 2021 train it) or "
                              "bischof2021 (the Kirchhoff plate of the ReLoBRaLo authors' repository); sets the "
                              "terms, network, points, schedule and budget, and the options given here override it")
     parser.add_argument("--steps", type=_positive_int, default=None,
-                        help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff)")
+                        help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff; "
+                             "multitask takes --epochs)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="multitask only: passes over the 6000 training pairs, 30 steps each (default 20)")
     parser.add_argument("--learning-rate", type=_positive_float, default=None,
                         help="Adam learning rate (default 1e-3); the initial one of a decaying --lr-schedule")
     parser.add_argument("--lr-schedule", choices=["constant", "exponential", "cosine"], default="constant",
@@ -116,7 +126,8 @@ def _add_training_options(parser):
                         help="collocation points inside the domain (default 1024)")
     parser.add_argument("--boundary-points", type=_positive_int, default=None, metavar="N",
                         help="collocation points on the boundary (default 256)")
-    parser.add_argument("--no-jit", action="store_true", help="do not compile the training step with XLA")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="do not compile the training step with XLA (multitask trains without XLA anyway)")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="write the JSON summary to PATH (train: one object; compare: a list, one per run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -172,11 +183,14 @@ def build_parser():
     compare.add_argument("--resume", action="store_true",
                          help="continue an interrupted comparison: reuse the runs recorded in "
                               "DIR/runs.jsonl with the same settings (needs --out)")
-    compare.add_argument("--timing-steps", type=_positive_int, default=50,
-                         help="steps per timed chunk of the step-time ratio (default 50)")
-    compare.add_argument("--timing-repeats", type=_non_negative_int, default=5,
+    compare.add_argument("--timing-steps", type=_positive_int, default=None,
+                         help="steps per timed chunk of the step-time ratio (default 50; PDEs only)")
+    compare.add_argument("--timing-repeats", type=_non_negative_int, default=None,
                          help="timed chunks per balancer, interleaved (default 5; 0: ratio from the "
-                              "runs' wall time)")
+                              "runs' wall time; PDEs only)")
+    compare.add_argument("--baseline", choices=["single_task", "sum"], default=None,
+                         help="multitask only: the baseline of the multi-task metric Delta_m%%, one network per "
+                              "task trained alone on the same seeds (single_task, the default) or Sum")
 
     speed = sub.add_parser("speed", help="median time per training step, as a ratio to a baseline")
     speed.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem")
@@ -288,6 +302,9 @@ def cmd_train(args):
 
     check_output_file("--json", args.json)
     check_output_dir("--out", args.out)
+    if args.pde == "multitask":
+        return _train_multitask(args)
+    _refuse_multitask_options(args)
     check_balancer(args.balancer, args.options, pde=args.pde)
     result = bench.train(
         args.pde,
@@ -358,8 +375,11 @@ def cmd_compare(args):
         raise SystemExit("keras-balance: error: --resume needs --out DIR, the folder of the comparison to continue")
     check_output_file("--json", args.json)
     check_output_dir("--out", args.out)
-    names = balancer_list(args.balancers, args.pde, args.options)
     command = "keras-balance " + shlex.join(sys.argv[1:]) if args.command_line is None else args.command_line
+    if args.pde == "multitask":
+        return _compare_multitask(args, command)
+    _refuse_multitask_options(args)
+    names = balancer_list(args.balancers, args.pde, args.options)
     comparison = bench.run_comparison(
         args.pde,
         names,
@@ -371,8 +391,8 @@ def cmd_compare(args):
         lbfgs_steps=args.lbfgs_steps,
         lbfgs_options=_lbfgs_options(args),
         balancer_options=args.options,
-        timing_steps=args.timing_steps,
-        timing_repeats=args.timing_repeats,
+        timing_steps=50 if args.timing_steps is None else args.timing_steps,
+        timing_repeats=5 if args.timing_repeats is None else args.timing_repeats,
         jit_compile=not args.no_jit,
         verbose=0 if args.quiet else 1,
         command=command,
@@ -380,6 +400,115 @@ def cmd_compare(args):
         **_training_settings(args),
     )
     print(bench.comparison_table(comparison))
+    for path in comparison["files"]:
+        print(f"wrote {path}")
+    if args.json:
+        _write_json(args.json, _json_safe(comparison["runs"]))
+    return 0
+
+
+#: The options of `train` and `compare` that only a PDE takes, with the value that means "not given".
+_PDE_ONLY = {"steps": None, "protocol": None, "lr_schedule": "constant", "final_learning_rate": None,
+             "interior_points": None, "boundary_points": None, "sampling": "uniform", "resample": False,
+             "lbfgs_steps": 0, "lbfgs_tolerance": None, "lbfgs_dtype": None, "timing_steps": None,
+             "timing_repeats": None}
+_MULTITASK_ONLY = {"epochs": None, "baseline": None}
+
+
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
+def _refuse_multitask_options(args):
+    """Exit if an option that only `multitask` takes was given for a PDE."""
+    for name, unset in _MULTITASK_ONLY.items():
+        if getattr(args, name, unset) != unset:
+            raise SystemExit(f"keras-balance: error: {_option(name)} applies to the multitask problem only; "
+                             f"received it with {args.pde}")
+
+
+def _multitask_settings(args):
+    """The MultiDigits settings given on the command line; exit for an option that only a PDE takes."""
+    for name, unset in _PDE_ONLY.items():
+        if getattr(args, name, unset) != unset:
+            hint = " (the budget of multitask is --epochs)" if name == "steps" else ""
+            raise SystemExit(f"keras-balance: error: {_option(name)} applies to the PDEs only; "
+                             f"received it with multitask{hint}")
+    settings = {"learning_rate": args.learning_rate, "width": args.width, "depth": args.depth}
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _check_multitask_balancer(name, options):
+    """Exit unless balancer `name` can be built, with `options`, for the three MultiDigits tasks."""
+    from keras_balance import balancers
+    from keras_balance.balancers.registry import resolve
+    from keras_balance.bench import multitask
+
+    if name.lower() not in balancers.available():
+        raise SystemExit(f"keras-balance: error: unknown balancer {name!r}; "
+                         f"known balancers: {', '.join(balancers.available())}")
+    try:
+        resolve(name, num_terms=len(multitask.TASKS), options=options).build_for(len(multitask.TASKS))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"keras-balance: error: balancer {name!r} with --options {options or {}} for the "
+                         f"{len(multitask.TASKS)} tasks of multitask: {error}") from None
+
+
+def _train_multitask(args):
+    from keras_balance.bench import multitask
+
+    settings = _multitask_settings(args)
+    _check_multitask_balancer(args.balancer, args.options)
+    data = multitask.multi_digits()
+    result = multitask.train_multitask(
+        args.balancer, seed=args.seed, data=data, epochs=args.epochs,
+        balancer_options=multitask.multitask_options(args.balancer.lower(), data, args.options),
+        verbose=0 if args.quiet else 2, **settings)
+    epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
+    print(f"\nmultitask with {result.balancer} (seed {result.seed}, {epochs}, {result.steps} steps, "
+          f"{result.seconds:.1f} s)")
+    print(f"  {'task':<7} {'loss':>12} {'weight':>10}  test metric")
+    for task in result.tasks:
+        metric = multitask.TASKS[task]["metric"]
+        print(f"  {task:<7} {result.final_losses[task]:12.4e} {result.final_weights[task]:10.4f}  "
+              f"{metric} {result.metrics[task]:.4f}")
+    if result.status != "ok":
+        print(f"  status: {result.status}")
+    if args.out and result.history and "loss" in result.history:
+        from keras_balance import plotting
+
+        os.makedirs(args.out, exist_ok=True)
+        tag, title = f"multitask_{result.balancer}_seed{result.seed}", f"multitask, {result.balancer}, seed {result.seed}"
+        epochs = list(range(1, len(result.history["loss"]) + 1))
+        for path in (plotting.plot_losses(epochs, result.history, result.tasks, os.path.join(args.out, f"{tag}_losses.png"),
+                                          title=title, xlabel="epoch"),
+                     plotting.plot_weights(epochs, result.history, result.tasks,
+                                           os.path.join(args.out, f"{tag}_weights.png"), title=title, xlabel="epoch")):
+            print(f"  figure: {path}")
+    if args.json:
+        _write_json(args.json, result.summary())
+        print(f"  summary: {args.json}")
+    return 0
+
+
+def _compare_multitask(args, command):
+    from keras_balance import bench
+    from keras_balance.bench import multitask
+    from keras_balance.bench.report import _json_safe
+
+    settings = _multitask_settings(args)
+    try:
+        names = bench.balancer_names(args.balancers)
+    except ValueError as error:
+        raise SystemExit(f"keras-balance: error: --balancers: {error}") from None
+    data = multitask.multi_digits()
+    for name in names:
+        _check_multitask_balancer(name, multitask.multitask_options(name, data, args.options))
+    comparison = multitask.multitask_comparison(
+        names, seeds=args.seeds, epochs=args.epochs, baseline=args.baseline or multitask.SINGLE_TASK,
+        out=args.out, resume=args.resume, balancer_options=args.options,
+        verbose=0 if args.quiet else 1, command=command, data=data, **settings)
+    print(multitask.multitask_table(comparison))
     for path in comparison["files"]:
         print(f"wrote {path}")
     if args.json:
