@@ -67,8 +67,6 @@ class LRAnnealing(GradientBalancer):
       `"mean"` beats Sum on all three (0.125, 0.069, 0.405): the default
       is the one that does not fail. The `wang2021` protocol trains with
       `"max"`, as the authors' code.
-      `mode="mean"`: `mean |grad L_r|`, the variant of NVIDIA Modulus and of
-      the ReLoBRaLo authors' repository.
     - Between updates `BalancedModel` does not compute the per-term gradients:
       `needs_jacobian()` is False and the step costs what a weighted sum
       costs.
