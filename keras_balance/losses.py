@@ -463,3 +463,76 @@ class RLWLoss(MethodLoss):
     """
 
     method = "rlw"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class FAMOLoss(MethodLoss):
+    """FAMO (Liu et al. 2023) as a Keras loss.
+
+    A `MethodLoss` with the `"famo"` balancer (`keras_balance.balancers.FAMO`):
+    weights `c softmax(xi)_i / L_i` (summing to 1), with logits `xi` that the
+    balancer updates itself, by an Adam step from the fall of each log loss
+    between consecutive steps; nothing for the model's optimizer to train.
+
+    Args:
+        min_losses: optional K non-negative lower bounds of the losses.
+        learning_rate: >= 0, default 0.025. Adam's learning rate of the logits.
+        weight_decay: >= 0, default 1e-3. Regularization of the logits.
+        epsilon: > 0, default 1e-8.
+
+    Example:
+
+    >>> loss = FAMOLoss(HelmholtzPDE(), learning_rate=0.05)
+    >>> model.compile(optimizer="adam", loss=loss)
+    """
+
+    method = "famo"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class STCHLoss(MethodLoss):
+    """Smooth Tchebycheff scalarization (Lin et al. 2024) as a Keras loss.
+
+    A `MethodLoss` with the `"stch"` balancer (`keras_balance.balancers.STCH`):
+    weights from the gradient of `mu log sum_i exp(lambda_i y_i / mu)`, which
+    favour the worst terms. With `normalization="log_nadir"` and a warm-up,
+    pass `keras_balance.callbacks.BalancerEpochEnd(loss)` to `fit`, which
+    closes the warm-up epochs.
+
+    Args:
+        mu: > 0, default 1.0. Smoothing.
+        preference: optional K non-negative numbers (default 1/K each).
+        ideal_point: optional K numbers subtracted from the losses.
+        normalization: `"none"` (default) or `"log_nadir"`.
+        nadir_point: optional K positive numbers (with "log_nadir").
+        warmup_epochs: int >= 0, default 0. Epochs that measure the nadir point.
+        epsilon: > 0, default 1e-20.
+
+    Example:
+
+    >>> loss = STCHLoss(HelmholtzPDE(), mu=0.1)
+    >>> model.compile(optimizer="adam", loss=loss)
+    """
+
+    method = "stch"
+
+
+@keras.saving.register_keras_serializable(package="keras_balance")
+class IMTLLLoss(MethodLoss):
+    """IMTL-L (Liu et al. 2021); as a Keras loss, an error.
+
+    The `"imtl_l"` balancer (`keras_balance.balancers.IMTLL`) learns one
+    log-scale per term, which the model's optimizer must train; a loss passed
+    to `compile(loss=...)` cannot provide that, so constructing this class
+    raises an error that points to `BalancedModel` (or `PINNModel`), which
+    trains them with the model.
+
+    Args:
+        epsilon: > 0, default 1e-12. Inverse cap of the scales.
+
+    Example:
+
+    >>> model = PINNModel(HelmholtzPDE(), balancer="imtl_l")  # instead
+    """
+
+    method = "imtl_l"

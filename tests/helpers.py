@@ -27,6 +27,7 @@ OPTIONS = {
     "cagrad": [dict(c=0.4, rescale=1)],
     "dualproj": [dict(norm_eps=1e-4, reg_eps=1e-6)],
     "dwa": [dict(temperature=0.7, per="step", epsilon=1e-9), dict(temperature=0.7, epsilon=1e-9)],
+    "famo": [dict(min_losses=[0.1, 0.0, 0.2], learning_rate=0.1, weight_decay=1e-5, epsilon=1e-6)],
     "generalized_mean": [
         dict(gamma=-1.5, epsilon=1e-9),
         dict(gamma=float("inf")),
@@ -36,6 +37,7 @@ OPTIONS = {
     ],
     "gradient_normalization": [dict(scale="mean_norm", alpha=0.12, epsilon=1e-9), dict(epsilon=0.0)],
     "gradnorm": [dict(alpha=0.12, learning_rate=0.01, layer="trunk", optimizer="sgd", min_weight=1e-2)],
+    "imtl_l": [dict(epsilon=1e-9)],
     "initial_loss": [dict(n_initial=4, epsilon=1e-9)],
     "lr_annealing": [dict(smoothing=0.5, mode="mean", update_every=4, reference=1)],
     "mgda": [dict(normalization="loss+", solver="frank_wolfe", max_iterations=40, tolerance=1e-5)],
@@ -48,13 +50,19 @@ OPTIONS = {
         dict(beta=0.5, variant="loss_weighted", window=4, sum_to_k=False, epsilon=1e-9),
         dict(beta=3.0, variant="normalized", window=3),
     ],
+    "stch": [
+        dict(mu=0.1, preference=[0.5, 0.2, 0.3], ideal_point=[0.1, 0.0, 0.2]),
+        dict(mu=0.5, preference=[1.0, 1.0, 1.0], normalization="log_nadir", warmup_epochs=1, epsilon=1e-12),
+        dict(preference=[1.0, 2.0, 1.0], normalization="log_nadir", nadir_point=[1.0, 0.5, 2.0]),
+    ],
     "sum": [dict(weights=[1.0, 0.5, 2.0])],
     "uncertainty": [dict(regularizer="log1p", epsilon=1e-9)],
     "upgrad": [dict(norm_eps=1e-4, reg_eps=1e-6)],
 }
 
 #: The option of a method that gives one value per term, and so fixes K.
-ONE_VALUE_PER_TERM = {"aligned_mtl": "preference", "prior_loss": "prior_losses", "sum": "weights"}
+ONE_VALUE_PER_TERM = {"aligned_mtl": "preference", "famo": "min_losses", "prior_loss": "prior_losses",
+                      "stch": "preference", "sum": "weights"}
 
 
 #: Balancers that stand for the registry in the default run of the long per-balancer

@@ -198,7 +198,7 @@ def test_config_round_trip():
 
 
 @pytest.mark.parametrize("name", ["InitialLossLoss", "RealTimeLoss", "GeneralizedMeanLoss", "SoftAdaptLoss",
-                                  "DWALoss", "RLWLoss"])
+                                  "DWALoss", "RLWLoss", "FAMOLoss", "STCHLoss"])
 def test_method_adapters_round_trip_and_train_a_step(name):
     from keras_balance import losses
 
@@ -215,11 +215,12 @@ def test_method_adapters_round_trip_and_train_a_step(name):
     assert weights.shape == (2,) and np.all(np.isfinite(weights))
 
 
-def test_uncertainty_loss_points_to_balanced_model():
-    from keras_balance.losses import UncertaintyWeightingLoss
+@pytest.mark.parametrize("name", ["UncertaintyWeightingLoss", "IMTLLLoss"])
+def test_losses_of_trainable_balancers_point_to_balanced_model(name):
+    from keras_balance import losses
 
     with pytest.raises(ValueError, match="BalancedModel"):
-        UncertaintyWeightingLoss(HelmholtzPDE())
+        getattr(losses, name)(HelmholtzPDE())
 
 
 def test_method_loss_needs_a_method_and_takes_a_balancer_or_options():

@@ -31,6 +31,9 @@ from keras_balance.balancers.registry import (
     serialize,
 )
 from keras_balance.balancers.dwa import DWA
+from keras_balance.balancers.famo import FAMO
+from keras_balance.balancers.imtl_l import IMTLL
+from keras_balance.balancers.stch import STCH
 from keras_balance.balancers.relobralo import ReLoBRaLo
 from keras_balance.balancers.prior_statistics import prior_loss
 from keras_balance.balancers.rlw import RLW
@@ -49,6 +52,9 @@ register("uncertainty", UncertaintyWeighting)
 register("softadapt", SoftAdapt)
 register("dwa", DWA)
 register("rlw", RLW)
+register("famo", FAMO)
+register("stch", STCH)
+register("imtl_l", IMTLL)
 register("lr_annealing", LRAnnealing)
 register("gradnorm", GradNorm)
 register("gradient_normalization", GradientNormalization)
@@ -77,6 +83,9 @@ __all__ = [
     "SoftAdapt",
     "DWA",
     "RLW",
+    "FAMO",
+    "STCH",
+    "IMTLL",
     "LRAnnealing",
     "GradNorm",
     "GradientNormalization",

@@ -52,8 +52,8 @@ class IMTLG(GradientBalancer):
 
     Reference: L. Liu, Y. Li, Z. Kuang, J.-H. Xue, Y. Chen, W. Yang, Q. Liao
     and W. Zhang, "Towards Impartial Multi-task Learning", ICLR 2021
-    (Section 3.2, IMTL-G). The loss-scale part of the paper (IMTL-L) is not
-    included.
+    (Section 3.2, IMTL-G). The loss-scale part of the paper (IMTL-L) is
+    `keras_balance.balancers.IMTLL`.
 
     Args:
         num_terms, nan_policy, name: see `Balancer`.

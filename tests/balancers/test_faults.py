@@ -166,6 +166,9 @@ NEEDS_NON_NEGATIVE = [
     ("generalized_mean", {}),
     ("generalized_mean", {"gamma": 2.5}),
     ("uncertainty", {}),
+    ("famo", {}),
+    ("stch", {"normalization": "log_nadir", "warmup_epochs": 1}),
+    ("imtl_l", {}),
 ]
 
 
