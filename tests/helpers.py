@@ -25,7 +25,9 @@ GRADIENT_LEVEL = [name for name in NAMES if balancers.available()[name].kind == 
 OPTIONS = {
     "aligned_mtl": [dict(preference=[1.0, 0.5, 2.0], scale="rmse", rtol=1e-6)],
     "cagrad": [dict(c=0.4, rescale=1)],
+    "config": [dict(preference=[1.0, 0.5, 2.0], rcond=1e-8)],
     "dualproj": [dict(norm_eps=1e-4, reg_eps=1e-6)],
+    "fairgrad": [dict(alpha=2.0), dict(alpha=0.0)],
     "dwa": [dict(temperature=0.7, per="step", epsilon=1e-9), dict(temperature=0.7, epsilon=1e-9)],
     "famo": [dict(min_losses=[0.1, 0.0, 0.2], learning_rate=0.1, weight_decay=1e-5, epsilon=1e-6)],
     "generalized_mean": [
@@ -36,10 +38,12 @@ OPTIONS = {
         dict(gamma=3.0),
     ],
     "gradient_normalization": [dict(scale="mean_norm", alpha=0.12, epsilon=1e-9), dict(epsilon=0.0)],
+    "gradvac": [dict(beta=0.01, epsilon=1e-8, seed=3)],
     "gradnorm": [dict(alpha=0.12, learning_rate=0.01, layer="trunk", optimizer="sgd", min_weight=1e-2)],
     "imtl_l": [dict(epsilon=1e-9)],
     "initial_loss": [dict(n_initial=4, epsilon=1e-9)],
     "lr_annealing": [dict(smoothing=0.5, mode="mean", update_every=4, reference=1)],
+    "nash_mtl": [dict(max_norm=0.5, update_every=2)],
     "mgda": [dict(normalization="loss+", solver="frank_wolfe", max_iterations=40, tolerance=1e-5)],
     "pcgrad": [dict(reduction="mean", seed=42)],
     "prior_loss": [dict(prior_losses=[0.25, 3.0, 1.5], epsilon=1e-8)],
@@ -62,7 +66,7 @@ OPTIONS = {
 
 #: The option of a method that gives one value per term, and so fixes K.
 ONE_VALUE_PER_TERM = {"aligned_mtl": "preference", "famo": "min_losses", "prior_loss": "prior_losses",
-                      "stch": "preference", "sum": "weights"}
+                      "config": "preference", "stch": "preference", "sum": "weights"}
 
 
 #: Balancers that stand for the registry in the default run of the long per-balancer

@@ -166,7 +166,8 @@ def test_modes_agree_under_xla():
 
 
 #: The gradient-level methods that may hold their weights between updates.
-HOLDING = ["lr_annealing", "gradnorm", "gradient_normalization", "mgda", "imtl_g", "cagrad"]
+HOLDING = ["lr_annealing", "gradnorm", "gradient_normalization", "mgda", "imtl_g", "cagrad",
+           "nash_mtl", "fairgrad"]
 
 
 def held(name, n):
@@ -174,7 +175,7 @@ def held(name, n):
     return balancers.get(name, update_every=n, **options)
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "dualproj", "aligned_mtl"])
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "dualproj", "aligned_mtl", "config", "gradvac"])
 def test_projection_methods_refuse_update_every(name):
     with pytest.raises(ValueError, match="`update_every` must be 1 for .*received update_every=10.*current gradients"):
         balancers.get(name, update_every=10)

@@ -12,6 +12,10 @@ from keras_balance.balancers.base import (
 )
 from keras_balance.balancers.aligned_mtl import AlignedMTL
 from keras_balance.balancers.cagrad import CAGrad
+from keras_balance.balancers.conflict_free import ConFIG
+from keras_balance.balancers.fairgrad import FairGrad
+from keras_balance.balancers.gradvac import GradVac
+from keras_balance.balancers.nash_mtl import NashMTL
 from keras_balance.balancers.fixed import Sum
 from keras_balance.balancers.gradient_normalization import GradientNormalization
 from keras_balance.balancers.imtl import IMTLG
@@ -61,6 +65,10 @@ register("gradient_normalization", GradientNormalization)
 register("pcgrad", PCGrad)
 register("imtl_g", IMTLG)
 register("cagrad", CAGrad)
+register("nash_mtl", NashMTL)
+register("fairgrad", FairGrad)
+register("config", ConFIG)
+register("gradvac", GradVac)
 register("aligned_mtl", AlignedMTL)
 register("mgda", MGDA)
 register("upgrad", UPGrad)
@@ -92,6 +100,10 @@ __all__ = [
     "PCGrad",
     "IMTLG",
     "CAGrad",
+    "NashMTL",
+    "FairGrad",
+    "ConFIG",
+    "GradVac",
     "AlignedMTL",
     "MGDA",
     "UPGrad",

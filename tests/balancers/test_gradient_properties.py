@@ -38,14 +38,16 @@ NAMES = GRADIENT_LEVEL
 K = 3
 NAN, INF = float("nan"), float("inf")
 NON_CONFLICTING = {"mgda", "upgrad", "dualproj"}
-NOT_PERMUTATION_INVARIANT = {"pcgrad", "lr_annealing"}
-DEGREE = {"gradient_normalization": 0}
+NOT_PERMUTATION_INVARIANT = {"pcgrad", "lr_annealing", "gradvac"}
+DEGREE = {"gradient_normalization": 0, "fairgrad": 0, "nash_mtl": 0}
 # Direction for K identical rows g, as a multiple of g (None: only "positive multiple").
 IDENTICAL_FACTOR = {
     "mgda": lambda k: 1.0,
     "upgrad": lambda k: 1.0,
     "dualproj": lambda k: 1.0,
     "pcgrad": lambda k: float(k),
+    "config": lambda k: float(k),
+    "gradvac": lambda k: float(k),  # no cosine falls below its target
     "imtl_g": lambda k: 1.0,
     "gradnorm": lambda k: float(k),
     "cagrad": lambda k: 1.5,  # (1 + c) g at c = 0.5, no rescaling
@@ -180,7 +182,7 @@ MODES += [(False, "float32"), (True, "float32"), (True, "float64")]
 MODE_OPTIONS = {"gradient_normalization": dict(scale="mean_norm", alpha=1.5)}
 # Methods built on `tf.linalg.eigh`, which XLA computes by Jacobi sweeps to about
 # 1e-6 even in float64.
-XLA_EIGH = {"aligned_mtl", "imtl_g"}
+XLA_EIGH = {"aligned_mtl", "imtl_g", "config"}
 
 
 @pytest.mark.parametrize("jit_compile, dtype", MODES, ids=[f"{j}-{d}" for j, d in MODES])
@@ -188,7 +190,7 @@ XLA_EIGH = {"aligned_mtl", "imtl_g"}
 def test_modes_and_dtypes(name, jit_compile, dtype):
     # XLA draws PCGrad's random order from another stream than eager
     # execution; with two rows the order does not matter.
-    k = 2 if name == "pcgrad" else K
+    k = 2 if name in ("pcgrad", "gradvac") else K
     jacobian = full_rank(k, 5, seed=5)
     sequence = np.array([[1.0, 2.0, 3.0], [0.5, 1.8, 3.3]])[:, :k]
     options = MODE_OPTIONS.get(name, {})
