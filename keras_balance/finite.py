@@ -28,7 +28,21 @@ def _restorable(balancer):
 
 def balancer_snapshot(balancer):
     """The values of the balancer's state at the start of a step (to restore if it is skipped)."""
-    return [tf.identity(v.value) for v in _restorable(balancer)]
+    return _Snapshot((v, tf.identity(v.value)) for v in _restorable(balancer))
+
+
+class _Snapshot(list):
+    """The values of a snapshot, in order; `variables` names the variables they belong to."""
+
+    def __init__(self, pairs):
+        pairs = list(pairs)
+        super().__init__(value for _, value in pairs)
+        self.variables = [variable for variable, _ in pairs]
+
+
+def _restorable_at_snapshot(balancer, snapshot):
+    variables = getattr(snapshot, "variables", None)
+    return _restorable(balancer)[: len(snapshot)] if variables is None else variables
 
 
 def _all_finite(grads):
@@ -73,8 +87,14 @@ def apply_if_finite(optimizer, grads, variables, terms, balancer=None, snapshot=
     terms_finite, grads_finite = step_is_finite(terms, grads)
     applied = tf.logical_and(terms_finite, grads_finite)
     if balancer is not None:
-        for variable, old in zip(_restorable(balancer), snapshot):
-            variable.assign(tf.where(applied, variable.value, old))
+        # Per-column state created within this step (its first trace) is not
+        # in `snapshot`: the balancer kept its value from when the step began.
+        started = getattr(balancer, "step_start", {})
+        taken = {id(v): old for v, old in zip(_restorable_at_snapshot(balancer, snapshot), snapshot)}
+        for variable in _restorable(balancer):
+            old = taken.get(id(variable), started.get(id(variable)))
+            if old is not None:
+                variable.assign(tf.where(applied, variable.value, old))
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         finite, skipped = terms_finite, tf.logical_not(terms_finite)
     else:

@@ -159,11 +159,22 @@ def parameter_gradients(model, tape, term_list, terms, losses, variables, vector
     rows = [tf.concat([tf.reshape(tf.cast(grads[v], dtype), [-1]) for v in scope], 0) for grads in per_term]
     jacobian = tf.stack(rows) / tf.cast(loss_scale(model.optimizer), dtype)
     segments = [int(np.prod(variables[v].shape)) for v in scope]
-    weights = balancer_weights(balancer, jacobian, losses, scheduled, segments)
+    directed = {}
+    if balancer.combines_rows:
+        weights = balancer_weights(balancer, jacobian, losses, scheduled, segments)
+    else:
+        # A direction that is not J^T w (GradDrop, DB-MTL): split it back
+        # over the variables of the Jacobian, in the loss scale of the terms.
+        direction, weights = balancer.direct(jacobian, losses)
+        direction = direction * tf.cast(loss_scale(model.optimizer), direction.dtype)
+        for v, piece in zip(scope, tf.split(direction, segments)):
+            directed[v] = tf.reshape(piece, variables[v].shape)
     grads = []
     for v, variable in enumerate(variables):
         parts = [(i, g[v]) for i, g in enumerate(per_term) if g[v] is not None]
-        if not parts:
+        if v in directed:
+            grads.append(tf.cast(directed[v], parts[0][1].dtype))
+        elif not parts:
             grads.append(tf.zeros(variable.shape, variable.dtype))
         elif v in shared or balancer.weights_all_parameters:
             # The direction J^T w, restricted to this variable.
@@ -214,6 +225,9 @@ def feature_gradients(model, tape, term_list, losses, features, variables, sched
     # replica's representation gradients of the mean terms, side by side.
     scale = tf.cast(loss_scale(model.optimizer), dtype) * distribute.num_replicas()
     gathered = tf.reshape(distribute.gather_columns(jacobian), [len(term_list), -1])
+    if not balancer.combines_rows:
+        return _directed_feature_gradients(model, tape, term_list, gathered / scale, losses, flat, variables,
+                                           scale, int(jacobian.shape[1]))
     weights = balancer_weights(balancer, gathered / scale, losses, scheduled)
     if balancer.weights_all_parameters or model.feature_layer is None:
         grads = weighted_gradients(tape, term_list, weights, variables)
@@ -229,6 +243,25 @@ def feature_gradients(model, tape, term_list, losses, features, variables, sched
         # Heads (after the representation): the plain sum of their terms' gradients.
         heads = tape.gradient(term_list, variables)
         grads = [t if t is not None else h for t, h in zip(trunk, heads)]
+    return zeros_for_none(grads, variables), weights
+
+
+def _directed_feature_gradients(model, tape, term_list, jacobian, losses, flat, variables, scale, columns):
+    """Representation gradients combined by a direction method (GradDrop), carried back through the trunk."""
+    direction, weights = model.balancer.direct(jacobian, losses)
+    # This replica's columns of the global direction, in the loss scale of its own terms.
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    local = tf.gather(tf.reshape(direction, [-1, columns]), replica) * tf.cast(scale, direction.dtype)
+    combined = [tf.cast(tf.reshape(local[offset : offset + size], f.shape), f.dtype)
+                for f, offset, size in _feature_slices(flat)]
+    trunk = tape.gradient(flat, variables, output_gradients=combined)
+    if model.feature_layer is None:
+        # The representation is the model's outputs: every variable is trunk.
+        return zeros_for_none(trunk, variables), weights
+    # Heads (after the representation): the plain sum of their terms' gradients.
+    heads = tape.gradient(term_list, variables)
+    grads = [t if t is not None else h for t, h in zip(trunk, heads)]
     return zeros_for_none(grads, variables), weights
 
 

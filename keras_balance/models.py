@@ -209,6 +209,12 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 f"the per-term gradients; the balancer {self.balancer.name!r} is loss-level and takes none. "
                 f"Received jacobian_mode={self.jacobian_mode!r}, feature_layer={self.feature_layer!r}."
             )
+        modes = getattr(self.balancer, "jacobian_modes", JACOBIAN_MODES)
+        if self.balancer.kind == balancers_lib.GRADIENT_LEVEL and self.jacobian_mode not in modes:
+            raise ValueError(
+                f"Argument `jacobian_mode` must be one of {tuple(modes)} for the balancer {self.balancer.name!r}; "
+                f"received jacobian_mode={self.jacobian_mode!r}. {self.balancer.jacobian_modes_reason}".rstrip()
+            )
         check_term_names(self.term_names, kwargs.get("metrics"), kwargs.get("weighted_metrics"))
         super().compile(optimizer=optimizer, **kwargs)
         if loss is not None:

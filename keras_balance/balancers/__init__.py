@@ -16,6 +16,9 @@ from keras_balance.balancers.conflict_free import ConFIG
 from keras_balance.balancers.fairgrad import FairGrad
 from keras_balance.balancers.gradvac import GradVac
 from keras_balance.balancers.nash_mtl import NashMTL
+from keras_balance.balancers.db_mtl import DBMTL
+from keras_balance.balancers.excess_mtl import ExcessMTL
+from keras_balance.balancers.graddrop import GradDrop
 from keras_balance.balancers.fixed import Sum
 from keras_balance.balancers.gradient_normalization import GradientNormalization
 from keras_balance.balancers.imtl import IMTLG
@@ -73,6 +76,9 @@ register("aligned_mtl", AlignedMTL)
 register("mgda", MGDA)
 register("upgrad", UPGrad)
 register("dualproj", DualProj)
+register("graddrop", GradDrop)
+register("db_mtl", DBMTL)
+register("excess_mtl", ExcessMTL)
 
 __all__ = [
     "Balancer",
@@ -108,6 +114,9 @@ __all__ = [
     "MGDA",
     "UPGrad",
     "DualProj",
+    "GradDrop",
+    "DBMTL",
+    "ExcessMTL",
     "available",
     "example",
     "constructor_arguments",

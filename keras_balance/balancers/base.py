@@ -322,6 +322,25 @@ class GradientBalancer(Balancer):
     Attributes read by `BalancedModel` (declared with defaults on `Balancer`):
     `weights_all_parameters`, `jacobian_scope`, `layer` and `update_every`.
 
+    Directions of another form: a method whose direction is not `J^T w`
+    of the current Jacobian (GradDrop's sign masks, DB-MTL's moving averages)
+    sets `combines_rows = False` and implements
+    `compute_direction(jacobian, losses) -> (direction, weights)` instead;
+    `aggregate` returns that direction, `weigh` and `term_weights` the
+    weights the method documents (what they mean is on its page), and
+    `BalancedModel` applies the direction: split back over the Jacobian's
+    variables (`"loop"`, `"vectorized"`), or carried back through the trunk
+    from the representation (`"features"`). Such methods hold no weights.
+
+    State with one entry per column: a method with `column_state = True`
+    creates it in `build_column_state(num_terms, num_columns)`, called on
+    the first `aggregate`/`weigh` (P static) or by `build_columns(P)`; P is
+    then part of the config (`num_columns`), so `from_config`, `model.save`
+    and `load_weights` (which creates it from the stored shapes) restore it.
+    Such state follows one set of columns: `jacobian_modes` lists the modes
+    of `BalancedModel` a method accepts, and `compile` refuses the others.
+    The NaN policy restores it like every other state variable.
+
     Update schedule: every gradient-level balancer whose `holds_weights` is
     True accepts `update_every=n` (default 1, LR annealing's 10): it computes
     new weights from the Jacobian on the steps where its checkpointed `step`
@@ -334,12 +353,31 @@ class GradientBalancer(Balancer):
     """
 
     kind = GRADIENT_LEVEL
+    #: Is the direction `J^T w`, a combination of the rows of the current
+    #: Jacobian? False for methods that implement `compute_direction`
+    #: instead (masks per coordinate, moving averages of past gradients).
+    combines_rows = True
+    #: Does the method keep state with one entry per column of the Jacobian
+    #: (K x P moving averages or accumulators)? It is then created on the
+    #: first call, when P is known (`build_column_state`).
+    column_state = False
+    #: The `jacobian_mode`s of `BalancedModel` the method works with.
+    jacobian_modes = ("loop", "vectorized", "features")
+    #: Why not the others (completes the error message).
+    jacobian_modes_reason = ""
     #: Can the weights be held between updates (`update_every > 1`)?
     holds_weights = True
     #: Why not, when `holds_weights` is False (completes the error message).
     holds_weights_reason = ""
 
-    def __init__(self, *args, update_every=1, **kwargs):
+    def __init__(self, *args, update_every=1, num_columns=None, **kwargs):
+        if num_columns is not None and (isinstance(num_columns, bool) or not isinstance(num_columns, (int, np.integer))
+                                        or num_columns < 1 or not self.column_state):
+            raise ValueError(
+                "Argument `num_columns` must be None, or a positive integer for a method with per-column state; "
+                f"received num_columns={num_columns!r}."
+            )
+        self.num_columns = None if num_columns is None else int(num_columns)
         if isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)) or update_every < 1:
             raise ValueError(
                 f"Argument `update_every` must be a positive integer; received update_every={update_every!r}."
@@ -355,6 +393,98 @@ class GradientBalancer(Balancer):
     def _bookkeeping(self):
         return super()._bookkeeping() + [v for v in (getattr(self, "step", None),) if v is not None]
 
+    def build_for(self, num_terms):
+        was_built = self.built
+        super().build_for(num_terms)
+        if not was_built and self.column_state and self.num_columns is not None:
+            self._build_columns(self.num_columns)
+
+    # -- state with one entry per column (K x P) -----------------------------
+
+    @property
+    def columns_built(self):
+        """Has the per-column state been created (always True without `column_state`)?"""
+        return not self.column_state or getattr(self, "_columns_ready", False)
+
+    def build_column_state(self, num_terms, num_columns):
+        """Create the variables whose shape depends on P, the number of columns.
+
+        Called once, on the first `aggregate`/`weigh` (P is then static), or at
+        construction when `num_columns` is given (as `from_config` does after
+        a first call: `get_config` records P). Default: nothing.
+        """
+
+    def build_columns(self, num_columns):
+        """Create the per-column state for P = `num_columns` (idempotent; the terms' state must exist).
+
+        Done by the first `aggregate`/`weigh`; call it to have the state
+        before the first step (to restore a `tf.train.Checkpoint` into it).
+        """
+        if not self.built:
+            raise ValueError(f"Balancer '{self.name}' needs its number of terms first (`build_for(K)`).")
+        if isinstance(num_columns, bool) or not isinstance(num_columns, (int, np.integer)) or num_columns < 1:
+            raise ValueError(f"Argument `num_columns` must be a positive integer; received num_columns={num_columns!r}.")
+        if self.columns_built:
+            if self.column_state and int(num_columns) != self.num_columns:
+                raise ValueError(
+                    f"Balancer '{self.name}' keeps state for {self.num_columns} columns of the Jacobian; received "
+                    f"num_columns={num_columns!r}."
+                )
+            return
+        self._build_columns(int(num_columns))
+
+    def _build_columns(self, num_columns):
+        locked = getattr(self._tracker, "locked", False)
+        self._tracker.unlock()
+        try:
+            # Created outside any `tf.function` being traced: the variables
+            # then outlive the trace like those made at construction.
+            with tf.init_scope():
+                self.build_column_state(self.num_terms, num_columns)
+        finally:
+            if locked:
+                self._tracker.lock()
+        self.num_columns = int(num_columns)
+        self._columns_ready = True
+
+    def _ensure_columns(self, jacobian):
+        if self.columns_built:
+            return
+        columns = jacobian.shape[1]
+        if columns is None:
+            raise ValueError(
+                f"Balancer '{self.name}' keeps state per column of the Jacobian and needs a static number of "
+                f"columns; received a Jacobian of shape {tuple(jacobian.shape)}."
+            )
+        self._build_columns(int(columns))
+
+    def _check_columns(self, jacobian):
+        columns = jacobian.shape[1]
+        if self.column_state and self.num_columns is not None and columns is not None and columns != self.num_columns:
+            raise ValueError(
+                f"Balancer '{self.name}' keeps state for {self.num_columns} columns of the Jacobian but received "
+                f"`jacobian` of shape {tuple(jacobian.shape)}; its per-column state follows one set of parameters."
+            )
+
+    def load_own_variables(self, store):
+        # A checkpoint written after the first step holds the per-column
+        # state; a balancer restored into before its first step creates it
+        # from the stored shapes (BackupAndRestore, `load_weights`).
+        if self.column_state and self.built and not self.columns_built:
+            held = len(self.trainable_variables) + len(self.non_trainable_variables)
+            if len(store.keys()) > held:
+                self._build_columns(int(np.shape(store[str(held)])[-1]))
+        super().load_own_variables(store)
+
+    @property
+    def step_start(self):
+        """`{id(variable): value}`: per-column state as it was when the latest step began.
+
+        Read by `keras_balance.finite` to put back per-column state created
+        within the step being traced (it is not in the model's snapshot).
+        """
+        return getattr(self, "_step_start", {})
+
     def _build_bookkeeping(self, num_terms):
         super()._build_bookkeeping(num_terms)
         # Number of completed (finite) weighting steps; seeds random draws.
@@ -368,8 +498,10 @@ class GradientBalancer(Balancer):
     def _prepare(self, jacobian, losses):
         jacobian = as_jacobian(jacobian)
         self._check_num_terms(jacobian, "jacobian")
+        self._check_columns(jacobian)
         if not self.built:
             self.build_for(int(jacobian.shape[0]))
+        self._ensure_columns(jacobian)
         if losses is not None:
             losses = tf.cast(as_loss_vector(losses), jacobian.dtype)
             self._check_num_terms(losses, "losses")
@@ -389,6 +521,8 @@ class GradientBalancer(Balancer):
         """
         with one_step_at_a_time(self):
             jacobian, losses = self._prepare(jacobian, losses)
+            if not self.combines_rows:
+                return self._direct(jacobian, losses)[1]
             return self._weigh(jacobian, losses, self._segments(jacobian, segments))[0]
 
     def _segments(self, jacobian, segments):
@@ -404,7 +538,7 @@ class GradientBalancer(Balancer):
             usable = tf.where(valid, losses, tf.zeros_like(losses))
             losses = tf.where(tf.math.is_finite(losses), losses, tf.zeros_like(losses))
         jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
-        snapshot = [tf.identity(v.value) for v in self.state_variables]
+        snapshot = self._snapshot()
         usable = None if losses is None else usable
         computed = (self.compute_weights(jacobian, usable, segments=segments) if self.uses_segments
                     else self.compute_weights(jacobian, usable))
@@ -420,6 +554,68 @@ class GradientBalancer(Balancer):
         self.step.assign_add(tf.cast(finite, "int64"))
         return weights, jacobian, finite
 
+    def _snapshot(self):
+        snapshot = [tf.identity(v.value) for v in self.state_variables]
+        # Kept out of Keras' tracking: tensors of the step being run or traced.
+        object.__setattr__(self, "_step_start", {id(v): old for v, old in zip(self.state_variables, snapshot)})
+        return snapshot
+
+    def _checked_inputs(self, jacobian, losses):
+        """`(finite, jacobian, losses)`: the NaN policy's verdict and the inputs with non-finite entries zeroed."""
+        finite = self.all_finite(jacobian)
+        if losses is not None:
+            valid = valid_entries(self, losses, losses=True)
+            finite = tf.logical_and(finite, tf.reduce_all(valid))
+            losses = tf.where(valid, losses, tf.zeros_like(losses))
+        jacobian = tf.where(tf.math.is_finite(jacobian), jacobian, tf.zeros_like(jacobian))
+        return finite, jacobian, losses
+
+    def _direct(self, jacobian, losses):
+        """`compute_direction` under the NaN policy -> `(direction, weights, finite)`."""
+        if losses is not None:
+            self.record_losses(losses)
+        finite, jacobian, usable = self._checked_inputs(jacobian, losses)
+        snapshot = self._snapshot()
+        direction, weights = self.compute_direction(jacobian, usable)
+        weights = bounded_weights(weights, jacobian.dtype)
+        direction = tf.cast(direction, jacobian.dtype)
+        # Skip policy: put the state back, keep the previous weights, move nowhere.
+        for var, old in zip(self.state_variables, snapshot):
+            var.assign(tf.where(finite, var.value, old))
+        weights = tf.where(finite, weights, tf.cast(self.term_weights.value, jacobian.dtype))
+        self.term_weights.assign(tf.cast(weights, self.term_weights.dtype))
+        self.step.assign_add(tf.cast(finite, "int64"))
+        direction = tf.where(finite, direction, tf.zeros_like(direction))
+        return direction, weights, finite
+
+    def direct(self, jacobian, losses=None):
+        """Return `(direction, weights)`: the (P,) direction and the K weights logged for it.
+
+        For every method: the direction is `aggregate`'s, and the weights are
+        `weigh`'s (for `combines_rows` methods, `direction = J^T weights`).
+        Advances the state once. `BalancedModel` calls this.
+        """
+        with one_step_at_a_time(self):
+            jacobian, losses = self._prepare(jacobian, losses)
+            if not self.combines_rows:
+                direction, weights, _ = self._direct(jacobian, losses)
+                return direction, weights
+            weights, jacobian, finite = self._weigh(jacobian, losses)
+        direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
+        return tf.where(finite, direction, tf.zeros_like(direction)), weights
+
+    def compute_direction(self, jacobian, losses):
+        """Return `(direction, weights)` for a finite (K, P) Jacobian and update the state.
+
+        The hook of methods whose direction is not `J^T w` (`combines_rows =
+        False`): `direction` is the (P,) update and `weights` the K values
+        logged as `term_weights` (each method documents what they mean).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} sets `combines_rows = False` and must implement "
+            "`compute_direction(jacobian, losses)`."
+        )
+
     def aggregate(self, jacobian, losses=None, segments=None):
         """Return the (P,) direction `J^T w` for a (K, P) Jacobian.
 
@@ -431,6 +627,8 @@ class GradientBalancer(Balancer):
         """
         with one_step_at_a_time(self):
             jacobian, losses = self._prepare(jacobian, losses)
+            if not self.combines_rows:
+                return self._direct(jacobian, losses)[0]
             weights, jacobian, finite = self._weigh(jacobian, losses, self._segments(jacobian, segments))
         direction = tf.linalg.matvec(jacobian, weights, transpose_a=True)
         return tf.where(finite, direction, tf.zeros_like(direction))
@@ -463,6 +661,8 @@ class GradientBalancer(Balancer):
     def get_config(self):
         config = super().get_config()
         config["update_every"] = self.update_every
+        if self.column_state:
+            config["num_columns"] = self.num_columns
         return config
 
     def hold(self, losses=None):

@@ -1,8 +1,9 @@
-"""The seeds of the balancers that draw random numbers (ReLoBRaLo, RLW, PCGrad)."""
+"""The seeds of the balancers that draw random numbers (ReLoBRaLo, RLW, PCGrad, GradDrop)."""
 
 import random
 
 import keras
+import tensorflow as tf
 
 
 def default_seed():
@@ -31,4 +32,38 @@ def add_seed_weight(balancer, seed, name):
     return balancer.add_weight(shape=(), initializer=initializer, dtype="int64", trainable=False, name=name)
 
 
-__all__ = ["add_seed_weight", "default_seed"]
+def _mix(x):
+    """An integer hash of uint32 values (Wellons' "lowbias32"): each output bit depends on every input bit."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def _words(value):
+    """The low and high 32 bits of an int64 scalar, as uint32."""
+    value = tf.cast(value, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(value, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(value, 32), 0xFFFFFFFF), tf.uint32)
+    return low, high
+
+
+def counter_uniform(seed, step, size, dtype):
+    """`size` uniform numbers in (0, 1), a pure function of `(seed, step)` (int64 scalars).
+
+    Counter-based: draw j hashes `(seed, step, j)` with integer arithmetic
+    alone, so eager execution, `tf.function` and XLA give the same numbers
+    bit for bit (TensorFlow's stateless random ops draw another stream under
+    XLA). 24 random bits per draw: the values are `(n + 0.5) / 2**24`.
+    """
+    key = tf.constant(0x9E3779B9, tf.uint32)
+    for word in (*_words(seed), *_words(step)):
+        key = _mix(tf.bitwise.bitwise_xor(key, word) + tf.constant(0x632BE5AB, tf.uint32))
+    counter = tf.range(size, dtype=tf.int64)
+    bits = _mix(tf.bitwise.bitwise_xor(_mix(tf.cast(counter, tf.uint32) + key), key))
+    top = tf.cast(tf.bitwise.right_shift(bits, 8), dtype)
+    return (top + tf.constant(0.5, dtype)) * tf.constant(2.0**-24, dtype)
+
+
+__all__ = ["add_seed_weight", "counter_uniform", "default_seed"]

@@ -90,7 +90,8 @@ def balancer_for(name, k):
     from the initial values of its variables, so an example replays the same
     way (Hypothesis replays the failing ones to shrink them).
     """
-    if (name, k) not in _BUILT:
+    if (name, k) not in _BUILT or _BUILT[name, k][0].column_state:
+        # A method with per-column state is new for each example: its P is the example's.
         balancer = make(name, k, num_terms=k)
         _BUILT[name, k] = balancer, [np.array(v.numpy(), copy=True) for v in balancer.variables]
     balancer, initial = _BUILT[name, k]
@@ -151,6 +152,14 @@ def check_gradient_level(name, data):
         # The balancer computes in float32 or float64 (float16 is cast to float32).
         seen = jacobian.astype("float64" if dtype == "float64" else "float32")
         skipped = not np.all(np.isfinite(seen)) or skips(balancer, losses)
+        if balancer.column_state:
+            # Per-column state (DB-MTL, ExcessMTL) follows one P: made before the step, so that a skipped
+            # step can be compared with the state before it; another P is refused.
+            try:
+                balancer.build_columns(jacobian.shape[1])
+            except ValueError as error:
+                refused_clearly(error)
+                continue
         before, previous = state_of(balancer), balancer.term_weights.numpy()
         try:
             direction = balancer.aggregate(tf.constant(jacobian), tf.constant(losses)).numpy()

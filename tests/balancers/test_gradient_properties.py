@@ -23,6 +23,8 @@ The NaN-policy test also runs each method with the non-default options of
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from keras_balance import balancers
 from helpers import (
     GRADIENT_LEVEL,
     assert_same_state,
@@ -52,6 +54,9 @@ IDENTICAL_FACTOR = {
     "gradnorm": lambda k: float(k),
     "cagrad": lambda k: 1.5,  # (1 + c) g at c = 0.5, no rescaling
     "aligned_mtl": lambda k: 1.0,
+    "graddrop": lambda k: float(k),  # every sign agrees: nothing is dropped
+    "db_mtl": lambda k: 0.1 * k,  # (1 - beta) g / (L + epsilon) per term at L = 1
+    "excess_mtl": lambda k: 1.0,  # uniform weights 1/K on the first step
 }
 
 
@@ -106,6 +111,9 @@ def test_finite_right_shape_and_weights_explain_direction(name, options):
             assert d.shape == (jacobian.shape[1],)
             assert np.all(np.isfinite(d)), (name, dtype, jacobian)
             w = balancer.term_weights.numpy().astype(np.float64)
+            assert np.all(np.isfinite(w)), (name, dtype, w)
+            if not balancer.combines_rows:  # GradDrop, DB-MTL: the weights are documented per method
+                continue
             scale = np.abs(jacobian).max() * max(1.0, np.abs(w).max()) * k
             np.testing.assert_allclose(d, jacobian.T @ w, atol=1e-4 * scale, rtol=1e-4)
 
@@ -225,13 +233,15 @@ def test_a_non_finite_step_changes_nothing(name, options, bad, where, bad_step, 
     then goes on exactly as a run that never saw the step."""
     jacobians = [full_rank(K, 4, seed=7 + t) for t in range(5)]
     losses = random_sequence(5, K, seed=3)
-    extra = {"num_terms": K} if built else {}
+    # Per-column state (DB-MTL, ExcessMTL) is created with P known: at once when built beforehand.
+    columns = {"num_columns": 4} if balancers.available()[name].column_state else {}
+    extra = {"num_terms": K, **columns} if built else {}
     clean, dirty = make(name, K, **options, **extra), make(name, K, **options, **extra)
     expected, got = [], []
     for t, (jacobian, loss) in enumerate(zip(jacobians, losses)):
         if t == bad_step:
             # Before the first step, the state is that of a new balancer.
-            reference = dirty if dirty.built else make(name, K, num_terms=K, **options)
+            reference = dirty if dirty.built else make(name, K, num_terms=K, **columns, **options)
             before, previous = state_of(reference), reference.term_weights.numpy()
             broken = {"jacobian": jacobian.copy(), "losses": loss.copy()}
             broken[where][(1, 2) if where == "jacobian" else 1] = bad
