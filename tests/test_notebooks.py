@@ -19,7 +19,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 COLAB = Path(__file__).resolve().parents[1] / "colab"
-NOTEBOOKS = ["helmholtz.ipynb", "kirchhoff.ipynb", "multitask.ipynb", "custom_pde.ipynb"]
+NOTEBOOKS = ["helmholtz.ipynb", "kirchhoff.ipynb", "multitask.ipynb", "custom_pde.ipynb", "multitask_benchmark.ipynb"]
 BADGE_URL = "https://colab.research.google.com/github/keras-balance/keras_balance/blob/main/colab/{name}"
 REPOSITORY = "git+https://github.com/keras-balance/keras_balance"
 KERNEL_NAME = "keras-balance-tests"
@@ -109,7 +109,7 @@ def _execute(name, kernel, workdir):
 # -- stored form -----------------------------------------------------------------
 
 
-def test_the_four_notebooks_and_nothing_else():
+def test_the_notebooks_and_nothing_else():
     assert sorted(path.name for path in COLAB.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
@@ -184,6 +184,27 @@ def test_multitask_notebook_runs_top_to_bottom(kernel, tmp_path):
     # GradNorm's weights are renormalized to sum to T = 2.
     assert abs(sum(float(w.rstrip(",")) for w in rows["gradnorm"][4:]) - 2.0) < 0.01
     assert len(_figures(code_cells)) == 2, "expected the normalized-loss and weight figures inline"
+
+
+def test_multitask_benchmark_notebook_runs_top_to_bottom(kernel, tmp_path):
+    code_cells = _execute("multitask_benchmark.ipynb", kernel, tmp_path)
+    # The split: no source image is shared by a training and a test pair.
+    check = next(_text(cell) for cell in code_cells if "shared by a train and a test pair:" in _text(cell))
+    assert int(check.split("shared by a train and a test pair:")[1].split()[0]) == 0
+    rows = _table(code_cells, "Δm%")
+    assert set(rows) == {"single_task", "sum", "uncertainty", "prior_loss", "pcgrad", "mgda", "imtl_g", "upgrad"}
+    base = [float(w) for w in rows.pop("single_task")[:4]]
+    assert base[3] == 0.0 and 0.0 <= base[0] <= 1.0 and 0.0 <= base[1] <= 1.0 and base[2] > 0.0
+    scores = []
+    for method, words in rows.items():
+        left, right, mae, score, seconds = (float(w) for w in words[:5])
+        assert 0.0 <= left <= 1.0 and 0.0 <= right <= 1.0 and mae > 0.0 and _finite_positive(seconds), method
+        # Delta_m% of the printed metrics against the printed single-task ones (printing rounds them).
+        expected = 100.0 / 3.0 * ((base[0] - left) / base[0] + (base[1] - right) / base[1] + (mae - base[2]) / base[2])
+        assert score == pytest.approx(expected, abs=0.05), (method, words)
+        scores.append(score)
+    assert scores == sorted(scores), "expected the methods best first"
+    assert len(_figures(code_cells)) == 2, "expected the pairs and the Delta_m% figures inline"
 
 
 def test_custom_pde_notebook_runs_top_to_bottom(kernel, tmp_path):

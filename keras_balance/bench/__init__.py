@@ -7,6 +7,9 @@ seeds on the same budget and `comparison_table` formats its report.
 `step_times`, `overhead` and `training_paths` measure the cost of a training
 step with one interleaved timer (`interleaved_step_times`), against Sum and
 against a step written by hand without keras_balance (`HandWrittenStep`).
+`multitask_comparison(...)` runs balancers on MultiDigits, a multi-task
+benchmark built from scikit-learn's bundled digits (`keras_balance.bench.multitask`),
+and scores them with Delta_m% (`delta_m`).
 
 Example:
 
@@ -34,6 +37,9 @@ from keras_balance.bench.run import (
 )
 from keras_balance.bench.handwritten import HandWrittenStep
 from keras_balance.bench.memory import memory_table, memory_table_rows, peak_memory
+from keras_balance.bench.multitask import (
+    MultiDigits, delta_m, multi_digits, multitask_comparison, multitask_table, train_multitask,
+)
 from keras_balance.bench.paths import PATHS, paths_table, training_paths
 from keras_balance.bench.scaling import scaling, scaling_table
 from keras_balance.bench.timing import (
@@ -72,4 +78,10 @@ __all__ = [
     "write_comparison",
     "balancer_names",
     "options_for",
+    "MultiDigits",
+    "multi_digits",
+    "delta_m",
+    "train_multitask",
+    "multitask_comparison",
+    "multitask_table",
 ]

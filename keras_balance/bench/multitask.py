@@ -611,7 +611,10 @@ def multitask_table(comparison):
     lines.append("|" + "---|" * len(head))
 
     def cell(stats, fmt, sign=""):
-        return "-" if stats is None else f"{stats['mean']:{sign}{fmt}} ± {stats['std']:{fmt}}"
+        if stats is None:
+            return "-"
+        mean = float(f"{stats['mean']:{fmt}}") + 0.0  # no "-0.00" for a mean that rounds to zero
+        return f"{mean:{sign}{fmt}} ± {stats['std']:{fmt}}"
 
     def order(row):
         if row["balancer"] == SINGLE_TASK:
