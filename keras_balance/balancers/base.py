@@ -91,6 +91,10 @@ class Balancer(keras.layers.Layer):
     #: True for methods whose formula needs losses >= 0: a negative loss is
     #: then treated like a non-finite one (see `nan_policy`).
     needs_non_negative_losses = False
+    #: True for gradient-level methods with state that has one entry per
+    #: column of the Jacobian (see `GradientBalancer`); False for every
+    #: loss-level method.
+    column_state = False
 
     @classmethod
     def required_arguments(cls, num_terms):
