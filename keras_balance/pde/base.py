@@ -118,6 +118,18 @@ class PDE(abc.ABC):
     term the value NaN (a mean over no points), and a `BalancedModel` skips
     such a step.
 
+    A time-dependent problem (initial-boundary-value problem) sets
+    `time_axis = 1`: its second coordinate is the time t, so its domain is
+    `((x0, x1), (t0, t1))`, a column name's `y` is t (`"u_y"` is du/dt), the
+    bottom edge is the initial time and the top edge (the final time) gets
+    no sample points (`boundary_edges`). It names its initial-condition term
+    in `initial_term` and its residual term in `residual_term` (`"L_f"` by
+    default); `time(x, y)` gives each point's time and `time_domain` the
+    interval `(t0, t1)`, which is what a causal weighting of the residual
+    reads. Static problems keep `time_axis = None`. A problem periodic in x
+    declares its period in `periods`, and `build_pinn` builds a network
+    that is periodic in x.
+
     A subclass whose constructor takes arguments returns them from
     `get_config()`; `from_config(config)` calls `cls(**config)`. Every
     subclass is registered for Keras serialization when it is defined (see
@@ -128,6 +140,17 @@ class PDE(abc.ABC):
     term_names = ()
     derivatives = ()
     domain = ((0.0, 1.0), (0.0, 1.0))
+    #: The coordinate that is time: None for a static problem, 1 for a
+    #: time-dependent one (the second coordinate, `y`, is t; see `time`).
+    time_axis = None
+    #: The name of the initial-condition term (a time-dependent problem), or None.
+    initial_term = None
+    #: The name of the PDE-residual term.
+    residual_term = "L_f"
+    #: The period of the solution in each coordinate, or None: a problem
+    #: periodic in x declares `(x1 - x0, None)`, and `build_pinn` gives its
+    #: network a periodic embedding of x (see `keras_balance.pinn.PINN`).
+    periods = (None, None)
 
     @property
     def num_terms(self):
@@ -163,7 +186,49 @@ class PDE(abc.ABC):
         """The problem built from the output of `get_config()`."""
         return cls(**config)
 
+    # -- time ----------------------------------------------------------------
+
+    @property
+    def is_time_dependent(self):
+        """True when one coordinate is time (`time_axis` is not None)."""
+        return self.time_axis is not None
+
+    @property
+    def time_domain(self):
+        """`(t0, t1)`, the time interval of a time-dependent problem; None for a static one."""
+        return None if self.time_axis is None else tuple(self.domain[self.time_axis])
+
+    def time(self, x, y):
+        """The time coordinate of each point (`y` when `time_axis` is 1), same type and shape.
+
+        Raises:
+            ValueError: for a static problem (no time axis).
+        """
+        if self.time_axis is None:
+            raise ValueError(f"{type(self).__name__} is a static problem: it has no time axis (time_axis=None).")
+        return (x, y)[self.time_axis]
+
+    def initial_mask(self, x, y):
+        """A float mask, 1 at the points of the initial time t0 and 0 elsewhere (see `time`)."""
+        t = tf.convert_to_tensor(self.time(x, y))
+        return tf.cast(tf.abs(t - self.time_domain[0]) <= self.boundary_tolerance, t.dtype)
+
     # -- geometry ------------------------------------------------------------
+
+    @property
+    def boundary_edges(self):
+        """The edges `sample` puts boundary points on, in the order of `EDGES`.
+
+        All four for a static problem; a time-dependent one leaves out the
+        edge of the final time (no condition holds there): with
+        `time_axis = 1`, `("left", "right", "bottom")`, the bottom edge
+        being the initial time. A problem without a condition on some edge
+        (a periodic one) overrides it.
+        """
+        if self.time_axis is None:
+            return EDGES
+        final = ("right", "top")[self.time_axis]
+        return tuple(edge for edge in EDGES if edge != final)
 
     @property
     def boundary_tolerance(self):
@@ -182,8 +247,9 @@ class PDE(abc.ABC):
 
     def sample(self, n_interior=1024, n_boundary=256, seed=None, method="uniform", step=None):
         """Collocation points: `n_interior` inside the domain and `n_boundary`
-        on its edges (split evenly over the four edges, left, right, bottom,
-        top; the first `n_boundary % 4` edges get one more).
+        on its edges (split evenly over `boundary_edges`, for a static problem
+        the four edges left, right, bottom, top; the first
+        `n_boundary % len(boundary_edges)` of them get one more).
 
         Methods:
 
@@ -234,7 +300,10 @@ class PDE(abc.ABC):
             raise ValueError(f"Argument `method` must be one of {SAMPLING_METHODS}; received method={method!r}.")
         if step is not None and not _is_count(step):
             raise ValueError(f"Argument `step` must be None or a non-negative integer; received step={step!r}.")
-        counts = [n_boundary // 4 + (1 if i < n_boundary % 4 else 0) for i in range(4)]
+        edges = [edge for edge in EDGES if edge in self.boundary_edges]
+        counts = [0] * len(EDGES)
+        for i, edge in enumerate(edges):
+            counts[EDGES.index(edge)] = n_boundary // len(edges) + (1 if i < n_boundary % len(edges) else 0)
         if method == "uniform":
             # Exactly the draws of the original sampler: x, y of the interior, then each edge.
             rng = np.random.default_rng(seed if step is None or seed is None else [int(seed), int(step)])

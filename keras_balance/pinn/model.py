@@ -1,5 +1,7 @@
 """Models that return a field together with the derivatives a PDE asks for."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -38,9 +40,20 @@ class PINN(keras.Model):
         domain: `((x0, x1), (y0, y1))`, mapped to [-1, 1]^2.
         output_scale: a constant multiplying the network's output (the
             characteristic size of the solution).
+        periods: `(Lx, Ly)`, the period of the field in each coordinate, or
+            None for a coordinate it is not periodic in (default: neither).
+            The network sees a periodic coordinate x as the pair
+            `cos(2 pi (x - x0) / L)`, `sin(2 pi (x - x0) / L)` instead of its
+            scaled value, so the field and all its derivatives are periodic
+            with period L by construction (the periodic embedding of
+            S. Dong and N. Ni, "A method for representing periodic functions
+            and enforcing exactly periodic boundary conditions with deep
+            neural networks", J. Comput. Phys. 435, 2021); the network then
+            takes 3 inputs (4 if both are periodic).
     """
 
-    def __init__(self, network, derivatives, domain=((-1.0, 1.0), (-1.0, 1.0)), output_scale=1.0, **kwargs):
+    def __init__(self, network, derivatives, domain=((-1.0, 1.0), (-1.0, 1.0)), output_scale=1.0, periods=None,
+                 **kwargs):
         super().__init__(**kwargs)
         derivatives = tuple(derivatives)
         if not derivatives:
@@ -67,16 +80,27 @@ class PINN(keras.Model):
         self.orders = tuple(order for _, order in parsed)
         self.domain = ((x0, x1), (y0, y1))
         self.output_scale = float(output_scale)
+        self.periods = _check_periods(periods)
         self._center = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
         self._half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
         if network.built:
             self.build((None, 2))
 
+    @property
+    def input_features(self):
+        """The number of inputs of the network: 2, plus 1 per periodic coordinate."""
+        return 2 + sum(period is not None for period in self.periods)
+
     def field(self, x, y, training=False):
         """The network's field at physical coordinates `x`, `y` of shape (N, 1)."""
-        scaled = tf.concat(
-            [(x - self._center[0]) / self._half[0], (y - self._center[1]) / self._half[1]], axis=1
-        )
+        features = []
+        for i, value in enumerate((x, y)):
+            if self.periods[i] is None:
+                features.append((value - self._center[i]) / self._half[i])
+            else:
+                angle = (2.0 * math.pi / self.periods[i]) * (value - (self._center[i] - self._half[i]))
+                features += [tf.cos(angle), tf.sin(angle)]
+        scaled = tf.concat(features, axis=1)
         return self.output_scale * self.network(scaled, training=training)
 
     def fields(self, inputs, training=False):
@@ -112,7 +136,7 @@ class PINN(keras.Model):
     def build(self, input_shape):
         # The variables are the (functional, already built) network's.
         if not self.network.built:
-            self.network.build((input_shape[0], 2))
+            self.network.build((input_shape[0], self.input_features))
         self.built = True
 
     def predict_field(self, points, batch_size=4096):
@@ -131,6 +155,7 @@ class PINN(keras.Model):
             "domain": [list(pair) for pair in self.domain],
             "output_scale": self.output_scale,
             "name": self.name,
+            **({"periods": list(self.periods)} if self.periods != (None, None) else {}),
         }
 
     @classmethod
@@ -145,12 +170,33 @@ class PINN(keras.Model):
 def build_pinn(pde, width=50, depth=4, activation="tanh", seed=None, output_scale=None):
     """A `PINN` for `pde`: an MLP with the PDE's derivatives and domain.
 
-    `output_scale` defaults to the PDE's `characteristic_scale` (when it has one).
+    `output_scale` defaults to the PDE's `characteristic_scale` (when it has
+    one); a problem periodic in a coordinate (its `periods`) gets a network
+    periodic in it (see `PINN`).
     """
     if output_scale is None:
         output_scale = getattr(pde, "characteristic_scale", 1.0)
-    network = mlp(2, 1, width=width, depth=depth, activation=activation, seed=seed)
-    return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, name="pinn")
+    periods = _check_periods(getattr(pde, "periods", None))
+    inputs = 2 + sum(period is not None for period in periods)
+    network = mlp(inputs, 1, width=width, depth=depth, activation=activation, seed=seed)
+    return PINN(network, pde.derivatives, pde.domain, output_scale=output_scale, periods=periods, name="pinn")
+
+
+def _check_periods(periods):
+    """`(Lx, Ly)` with positive floats or None; None stands for `(None, None)`."""
+    if periods is None:
+        return (None, None)
+    try:
+        pair = tuple(periods)
+        ok = len(pair) == 2 and all(p is None or (float(p) > 0 and math.isfinite(float(p))) for p in pair)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"Argument `periods` must be None or a pair of positive periods or None, e.g. (2.0, None); "
+            f"received periods={periods!r}."
+        )
+    return tuple(None if p is None else float(p) for p in pair)
 
 
 def _check_pde(pde):

@@ -291,7 +291,7 @@ def test_get_with_kwargs_and_instance():
     assert plate.domain == ((0.0, 4.0), (0.0, 2.0))
     instance = KirchhoffPDE(nu=0.3)
     assert pde_lib.get(instance) is instance
-    assert set(pde_lib.PROBLEMS) == {"helmholtz", "kirchhoff"}
+    assert set(pde_lib.PROBLEMS) == {"helmholtz", "kirchhoff", "burgers", "allen_cahn", "poisson", "advection"}
 
 
 def test_get_unknown_name_lists_known():

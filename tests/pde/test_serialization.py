@@ -20,7 +20,7 @@ def sin(values):
     return tf.sin(values) if tf.is_tensor(values) else np.sin(values)
 
 
-class PoissonPDE(PDE):
+class SquarePoissonPDE(PDE):
     """-(u_xx + u_yy) = 2 (a pi)^2 sin(a pi x) sin(a pi y) on the unit square, u = 0 on the edges.
 
     The exact solution is u = sin(a pi x) sin(a pi y) (a whole number).
@@ -62,23 +62,23 @@ def predict(model, points):
 
 
 def test_a_subclass_is_registered_when_defined():
-    name = registered_name(PoissonPDE)
-    assert name == f"{PoissonPDE.__module__}>PoissonPDE"
-    assert keras.saving.get_registered_object(name) is PoissonPDE
-    assert keras.saving.get_registered_name(PoissonPDE) == name
+    name = registered_name(SquarePoissonPDE)
+    assert name == f"{SquarePoissonPDE.__module__}>SquarePoissonPDE"
+    assert keras.saving.get_registered_object(name) is SquarePoissonPDE
+    assert keras.saving.get_registered_name(SquarePoissonPDE) == name
     helmholtz = "keras_balance.pde.helmholtz>HelmholtzPDE"
     assert keras.saving.get_registered_name(HelmholtzPDE) == helmholtz
 
 
 def test_round_trip_of_a_user_pde():
-    config = pde_lib.serialize(PoissonPDE(a=2.0))
-    assert config["class_name"] == "PoissonPDE" and config["config"] == {"a": 2.0}
+    config = pde_lib.serialize(SquarePoissonPDE(a=2.0))
+    assert config["class_name"] == "SquarePoissonPDE" and config["config"] == {"a": 2.0}
     restored = pde_lib.deserialize(config)
-    assert type(restored) is PoissonPDE and restored.get_config() == {"a": 2.0}
+    assert type(restored) is SquarePoissonPDE and restored.get_config() == {"a": 2.0}
 
 
 def test_pinn_model_with_a_user_pde_saves_and_loads(tmp_path):
-    problem = PoissonPDE(a=2.0)
+    problem = SquarePoissonPDE(a=2.0)
     model = PINNModel(problem, build_pinn(problem, width=4, depth=1, seed=0), balancer="relobralo")
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     points = problem.sample(12, 8, seed=0)
@@ -87,7 +87,7 @@ def test_pinn_model_with_a_user_pde_saves_and_loads(tmp_path):
     model.save(path)
 
     loaded = keras.models.load_model(path)
-    assert type(loaded.pde) is PoissonPDE and loaded.pde.get_config() == {"a": 2.0}
+    assert type(loaded.pde) is SquarePoissonPDE and loaded.pde.get_config() == {"a": 2.0}
     np.testing.assert_array_equal(predict(loaded, points), predict(model, points))
     np.testing.assert_array_equal(loaded.balancer.term_weights.numpy(),
                                   model.balancer.term_weights.numpy())
@@ -98,7 +98,7 @@ def test_pinn_model_with_a_user_pde_saves_and_loads(tmp_path):
                                        lambda pde: BalancedLoss(pde, "softadapt")],
                          ids=["relobralo_loss", "balanced_loss"])
 def test_keras_loss_with_a_user_pde_saves_and_loads(tmp_path, make_loss):
-    problem = PoissonPDE(a=1.0)
+    problem = SquarePoissonPDE(a=1.0)
     model = build_pinn(problem, width=4, depth=1, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss(problem))
     points = problem.sample(12, 8, seed=0)
@@ -109,7 +109,7 @@ def test_keras_loss_with_a_user_pde_saves_and_loads(tmp_path, make_loss):
     loaded = keras.models.load_model(path)
     loss = loaded.loss
     assert type(loss) is type(model.loss)
-    assert type(loss.pde) is PoissonPDE and loss.pde.get_config() == {"a": 1.0}
+    assert type(loss.pde) is SquarePoissonPDE and loss.pde.get_config() == {"a": 1.0}
     assert loss.term_names == ("L_f", "L_b")
     np.testing.assert_array_equal(predict(loaded, points), predict(model, points))
 
@@ -122,7 +122,7 @@ def test_configs_without_a_registered_name_still_load():
     assert (helmholtz.a2, helmholtz.boundary) == (2.0, "per_edge")
     kirchhoff = pde_lib.deserialize({"class_name": "KirchhoffPDE", "config": {"width": 8.0}})
     assert type(kirchhoff) is KirchhoffPDE and kirchhoff.width == 8.0
-    assert type(pde_lib.deserialize({"class_name": "PoissonPDE", "config": {}})) is PoissonPDE
+    assert type(pde_lib.deserialize({"class_name": "SquarePoissonPDE", "config": {}})) is SquarePoissonPDE
 
 
 def test_legacy_loss_and_model_configs_still_load():
@@ -140,10 +140,10 @@ def test_legacy_loss_and_model_configs_still_load():
 
 
 def test_a_class_moved_to_another_module_loads_by_its_name():
-    config = pde_lib.serialize(PoissonPDE(a=3.0))
-    config["module"], config["registered_name"] = "old_project", "old_project>PoissonPDE"
+    config = pde_lib.serialize(SquarePoissonPDE(a=3.0))
+    config["module"], config["registered_name"] = "old_project", "old_project>SquarePoissonPDE"
     restored = pde_lib.deserialize(config)
-    assert type(restored) is PoissonPDE and restored.a == 3.0
+    assert type(restored) is SquarePoissonPDE and restored.a == 3.0
 
 
 def test_unknown_class_is_a_clear_error():
@@ -153,7 +153,7 @@ def test_unknown_class_is_a_clear_error():
 
 def test_a_redefined_class_replaces_the_earlier_one():
     def define(a):
-        class Redefined(PoissonPDE):
+        class Redefined(SquarePoissonPDE):
             def __init__(self, a=a):
                 super().__init__(a)
 
