@@ -99,7 +99,8 @@ def _json_object(text):
 
 
 def _add_training_options(parser):
-    parser.add_argument("pde", choices=["helmholtz", "kirchhoff", "multitask"],
+    parser.add_argument("pde", choices=["helmholtz", "kirchhoff", "burgers", "allen_cahn", "poisson", "advection",
+                                        "multitask"],
                         help="the problem to solve: a PDE, or multitask (MultiDigits: pairs of scikit-learn's "
                              "8 x 8 digits, two classification tasks and a regression)")
     parser.add_argument("--protocol", choices=["wang2021", "bischof2021"], default=None,
@@ -107,7 +108,7 @@ def _add_training_options(parser):
                              "bischof2021 (the Kirchhoff plate of the ReLoBRaLo authors' repository); sets the "
                              "terms, network, points, schedule and budget, and the options given here override it")
     parser.add_argument("--steps", type=_positive_int, default=None,
-                        help="optimizer steps (default: 5000 for helmholtz, 2000 for kirchhoff; "
+                        help="Adam steps (default: 1000 for burgers, 2000 for kirchhoff, 5000 for the other PDEs; "
                              "multitask takes --epochs)")
     parser.add_argument("--epochs", type=_positive_int, default=None,
                         help="multitask only: passes over the 6000 training pairs, 30 steps each (default 20)")
@@ -123,9 +124,11 @@ def _add_training_options(parser):
                         help="units per hidden layer (default 50)")
     parser.add_argument("--depth", type=_positive_int, default=None, help="hidden layers (default 4)")
     parser.add_argument("--interior-points", type=_positive_int, default=None, metavar="N",
-                        help="collocation points inside the domain (default 1024)")
+                        help="collocation points inside the domain (default 1024; 2048 for burgers, "
+                             "allen_cahn and advection)")
     parser.add_argument("--boundary-points", type=_positive_int, default=None, metavar="N",
-                        help="collocation points on the boundary (default 256)")
+                        help="collocation points on the boundary, and at t = 0 for a time-dependent problem "
+                             "(default 256; 384 for burgers)")
     parser.add_argument("--no-jit", action="store_true",
                         help="do not compile the training step with XLA (multitask trains without XLA anyway)")
     parser.add_argument("--json", metavar="PATH", default=None,
@@ -139,9 +142,9 @@ def _add_training_options(parser):
                              "low-discrepancy sequence (seeded random shift)")
     parser.add_argument("--resample", action="store_true",
                         help="a fresh set of collocation points every step (default: one fixed set)")
-    parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=0, metavar="N",
+    parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=None, metavar="N",
                         help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
-                             "balancer's last weights frozen (default 0: none)")
+                             "balancer's last weights frozen (default 0: none; 1500 for burgers)")
     parser.add_argument("--lbfgs-tolerance", type=_positive_float, default=None, metavar="TOL",
                         help="L-BFGS stops when the largest gradient entry is at most TOL (default 1e-9; "
                              "problems with tiny losses, such as the Kirchhoff plate, need less)")
@@ -193,7 +196,8 @@ def build_parser():
                               "task trained alone on the same seeds (single_task, the default) or Sum")
 
     speed = sub.add_parser("speed", help="median time per training step, as a ratio to a baseline")
-    speed.add_argument("pde", choices=["helmholtz", "kirchhoff"], help="the problem")
+    speed.add_argument("pde", choices=["helmholtz", "kirchhoff", "burgers", "allen_cahn", "poisson", "advection"],
+                       help="the problem")
     speed.add_argument("--balancers", default="sum,relobralo", help="comma-separated balancer names")
     speed.add_argument("--baseline", default="sum",
                        help="the balancer the ratios refer to, or hand-written (default sum)")
@@ -410,7 +414,7 @@ def cmd_compare(args):
 #: The options of `train` and `compare` that only a PDE takes, with the value that means "not given".
 _PDE_ONLY = {"steps": None, "protocol": None, "lr_schedule": "constant", "final_learning_rate": None,
              "interior_points": None, "boundary_points": None, "sampling": "uniform", "resample": False,
-             "lbfgs_steps": 0, "lbfgs_tolerance": None, "lbfgs_dtype": None, "timing_steps": None,
+             "lbfgs_steps": None, "lbfgs_tolerance": None, "lbfgs_dtype": None, "timing_steps": None,
              "timing_repeats": None}
 _MULTITASK_ONLY = {"epochs": None, "baseline": None}
 

@@ -60,7 +60,7 @@ def test_unknown_balancer_is_a_clear_error(argv):
         cli.main(argv)
 
 
-@pytest.mark.parametrize("argv", [["train", "helmholtz", "--steps", "0"], ["train", "poisson"],
+@pytest.mark.parametrize("argv", [["train", "helmholtz", "--steps", "0"], ["train", "wave"],
                                   ["compare", "helmholtz", "--seeds", "a,b"]])
 def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -107,7 +107,7 @@ def test_bad_harness_arguments():
     with pytest.raises(TypeError, match="widht"):
         bench.train("helmholtz", "sum", steps=1, verbose=0, widht=3)
     with pytest.raises(ValueError, match="Unknown PDE"):
-        bench.train("poisson", "sum", steps=1, verbose=0)
+        bench.train("wave", "sum", steps=1, verbose=0)
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def _finite_stats(values):
 
 
 def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1, 2), steps=None, out=None,
-                   sampling="uniform", resample=False, lbfgs_steps=0, lbfgs_options=None, balancer_options=None,
+                   sampling="uniform", resample=False, lbfgs_steps=None, lbfgs_options=None, balancer_options=None,
                    timing_steps=50, timing_repeats=5, jit_compile=True, verbose=1, stream=None,
                    command=None, resume=False, **overrides):
     """Train every balancer on every seed with the same data and budget; report and draw.
@@ -157,6 +157,8 @@ def run_comparison(pde="helmholtz", balancers=("sum", "relobralo"), seeds=(0, 1,
         budget = None
     key = problem_name(problem) or str(pde)
     budget = budget or steps or DEFAULTS.get(key, DEFAULTS["helmholtz"])["steps"]
+    if lbfgs_steps is None:  # the problem's default (see `train`)
+        lbfgs_steps = DEFAULTS.get(key, {}).get("lbfgs_steps", 0)
     total = len(names) * len(seeds)
     stream = stream or sys.stderr
     if resume and not out:

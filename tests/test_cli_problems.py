@@ -1,0 +1,42 @@
+"""The command line trains the Burgers, Allen-Cahn, Poisson and advection problems by name,
+with their embedded defaults (Burgers' default L-BFGS phase included)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keras_balance import cli
+from keras_balance.bench import run
+
+SMALL = ["--steps", "2", "--no-jit", "--quiet", "--width", "8", "--depth", "1",
+         "--interior-points", "32", "--boundary-points", "9"]
+
+
+@pytest.mark.parametrize("name, terms", [("burgers", ["L_f", "L_i", "L_b"]), ("allen_cahn", ["L_f", "L_i"]),
+                                         ("poisson", ["L_f", "L_b"]), ("advection", ["L_f", "L_i"])])
+def test_train_each_problem_by_name(name, terms, tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main(["train", name, *SMALL, "--lbfgs-steps", "0", "--json", str(path)]) == 0
+    summary = json.loads(path.read_text())
+    assert summary["pde"] == name and summary["steps"] == 2 and summary["status"] == "ok"
+    assert sorted(summary["final_losses"]) == sorted(terms)
+    assert np.isfinite(summary["rel_l2"]) and summary["rel_l2"] > 0
+    assert "lbfgs" not in summary
+
+
+def test_embedded_defaults():
+    for name in ("burgers", "allen_cahn", "poisson", "advection"):
+        assert {"steps", "learning_rate", "n_interior", "n_boundary", "width", "depth"} <= set(run.DEFAULTS[name])
+    assert run.DEFAULTS["burgers"]["lbfgs_steps"] > 0
+    assert all("lbfgs_steps" not in run.DEFAULTS[name] for name in ("helmholtz", "kirchhoff", "poisson"))
+
+
+def test_burgers_runs_its_default_lbfgs_phase_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setitem(run.DEFAULTS, "burgers", {**run.DEFAULTS["burgers"], "lbfgs_steps": 3})
+    path = tmp_path / "run.json"
+    assert cli.main(["train", "burgers", *SMALL, "--json", str(path)]) == 0
+    summary = json.loads(path.read_text())
+    assert 0 < summary["lbfgs"]["steps"] <= 3
+    assert "lbfgs_steps" not in summary["settings"]
+    # (--lbfgs-steps 0 switches it off: test_train_each_problem_by_name.)
