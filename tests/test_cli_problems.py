@@ -40,3 +40,10 @@ def test_burgers_runs_its_default_lbfgs_phase_unless_told_otherwise(tmp_path, mo
     assert 0 < summary["lbfgs"]["steps"] <= 3
     assert "lbfgs_steps" not in summary["settings"]
     # (--lbfgs-steps 0 switches it off: test_train_each_problem_by_name.)
+
+
+def test_speed_on_a_periodic_problem_times_the_hand_written_step_too(capsys):
+    assert cli.main(["speed", "advection", "--balancers", "sum", "--steps", "2", "--repeats", "1", "--no-jit"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert {"sum", "hand-written"} <= set(rows), table

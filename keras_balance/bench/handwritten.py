@@ -9,6 +9,7 @@ the terms. `keras-balance speed` and `keras-balance bench paths` time the
 framework's training paths against it, in the same process.
 """
 
+import math
 import time
 
 import keras
@@ -45,21 +46,49 @@ def kirchhoff_columns(field, x, y):
     return [w, w_xx, w_yy, fourth.gradient(w_xxx, x), fourth.gradient(w_xxy, y), fourth.gradient(w_yyy, y)]
 
 
+def burgers_columns(field, x, t):
+    """`(u, u_t, u_x, u_xx)` of `field(x, t)`, with two nested tapes."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape(persistent=True) as inner:
+            inner.watch([x, t])
+            u = field(x, t)
+        u_x = inner.gradient(u, x)
+    return [u, inner.gradient(u, t), u_x, outer.gradient(u_x, x)]
+
+
+def allen_cahn_columns(field, x, t):
+    """`(u, u_t, u_xx)` of `field(x, t)`, with two nested tapes."""
+    u, u_t, _, u_xx = burgers_columns(field, x, t)
+    return [u, u_t, u_xx]
+
+
+def advection_columns(field, x, t):
+    """`(u, u_t, u_x)` of `field(x, t)`, with one tape."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, t])
+        u = field(x, t)
+    return [u, tape.gradient(u, t), tape.gradient(u, x)]
+
+
 #: The hand-written derivatives of each problem, in the order of its `derivatives`.
-COLUMNS = {"helmholtz": helmholtz_columns, "kirchhoff": kirchhoff_columns}
+COLUMNS = {"helmholtz": helmholtz_columns, "kirchhoff": kirchhoff_columns, "burgers": burgers_columns,
+           "allen_cahn": allen_cahn_columns, "poisson": helmholtz_columns, "advection": advection_columns}
 
 
 class HandWrittenStep:
     """One full-batch training step of `network` on `problem`, written by hand.
 
     The network sees the coordinates mapped to [-1, 1] on the problem's
-    domain and its output is multiplied by `output_scale`, as `build_pinn`
-    sets a PINN up; the loss is the plain sum of the term means (what Sum
+    domain (a periodic coordinate as its cosine and sine, see the problem's
+    `periods`) and its output is multiplied by `output_scale`, as
+    `build_pinn` sets a PINN up; the loss is the plain sum of the term means (what Sum
     gives), and the optimizer is Adam.
 
     Args:
-        problem: a `HelmholtzPDE` or `KirchhoffPDE` (any boundary option).
-        network: a Keras model mapping (N, 2) scaled coordinates to (N, 1).
+        problem: one of the problems of `COLUMNS` (any boundary option).
+        network: a Keras model mapping (N, 2) scaled coordinates to (N, 1)
+            (N, 3 with a periodic coordinate).
         learning_rate: Adam's learning rate.
         output_scale: the factor on the network's output (None: the
             problem's `characteristic_scale`, as `build_pinn` does).
@@ -91,14 +120,21 @@ class HandWrittenStep:
         (x0, x1), (y0, y1) = problem.domain
         self.center = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
         self.half = ((x1 - x0) / 2.0, (y1 - y0) / 2.0)
+        self.periods = tuple(getattr(problem, "periods", (None, None)))
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.optimizer.build(network.trainable_variables)
         self.per_term = bool(per_term)
         self.step = tf.function(self._step, jit_compile=jit_compile)
 
     def field(self, x, y):
-        scaled = tf.concat([(x - self.center[0]) / self.half[0], (y - self.center[1]) / self.half[1]], axis=1)
-        return self.output_scale * self.network(scaled)
+        features = []
+        for i, value in enumerate((x, y)):
+            if self.periods[i] is None:
+                features.append((value - self.center[i]) / self.half[i])
+            else:
+                angle = (2.0 * math.pi / self.periods[i]) * (value - (self.center[i] - self.half[i]))
+                features += [tf.cos(angle), tf.sin(angle)]
+        return self.output_scale * self.network(tf.concat(features, axis=1))
 
     def _step(self, points):
         x, y = points[:, :1], points[:, 1:2]
@@ -130,4 +166,5 @@ class HandWrittenStep:
         return time.perf_counter() - start
 
 
-__all__ = ["COLUMNS", "HandWrittenStep", "helmholtz_columns", "kirchhoff_columns"]
+__all__ = ["COLUMNS", "HandWrittenStep", "advection_columns", "allen_cahn_columns", "burgers_columns",
+           "helmholtz_columns", "kirchhoff_columns"]
