@@ -93,12 +93,13 @@ def test_reference_step_halving_changes_little(reference):
 @pytest.mark.slow
 def test_reference_against_four_times_the_modes(reference):
     # The kink of u(0, x) at x = +-1 limits the spectral accuracy at early
-    # times (see the docstring): measured 3.3e-4 at t = 0.01, 1.0e-5 at t = 0.2,
-    # 1.6e-9 at t = 1, all next to x = +-1.
+    # times (see the docstring): measured 4.5e-4 at most (t = 0.003, x = -1),
+    # 3.2e-4 at t = 0.01, 1.0e-5 at t = 0.2, 1.6e-9 at t = 1, all next to x = +-1.
     _, coefficients, _ = reference
     fine = allen_cahn_reference(1e-4, 5.0, 4 * MODES, 1e-3, 1.0)[1]
     difference = np.abs(nodal(fine, 4 * MODES)[:, ::4] - nodal(coefficients))
-    assert difference.max() < 4e-4
+    assert difference.max() < 5e-4
+    assert difference[10].max() < 4e-4
     assert difference[200:].max() < 2e-5
     assert difference[-1].max() < 1e-8
 
