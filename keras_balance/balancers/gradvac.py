@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_range, check_seed
 from keras_balance.balancers.base import GradientBalancer
-from keras_balance.balancers.seeds import add_seed_weight
+from keras_balance.balancers.seeds import add_seed_weight, visiting_orders
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -97,10 +97,7 @@ class GradVac(GradientBalancer):
         """The K visiting orders of this step: row i is a random permutation of 0..K-1 (i skips itself)."""
         if not self.built:
             self.build_for(num_terms)
-        noise = tf.random.stateless_uniform(
-            (num_terms, num_terms), seed=tf.stack([self.order_seed.value, self.step.value])
-        )
-        return tf.argsort(noise, axis=1)
+        return visiting_orders(self.order_seed.value, self.step.value, num_terms)
 
     def gramian_weights(self, gramian):
         num_terms = gramian.shape[0]

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_balance.balancers.arguments import check_seed
 from keras_balance.balancers.base import GradientBalancer
-from keras_balance.balancers.seeds import add_seed_weight
+from keras_balance.balancers.seeds import add_seed_weight, visiting_orders
 
 REDUCTIONS = ("sum", "mean")
 
@@ -93,10 +93,7 @@ class PCGrad(GradientBalancer):
         """
         if not self.built:
             self.build_for(num_terms)
-        noise = tf.random.stateless_uniform(
-            (num_terms, num_terms), seed=tf.stack([self.order_seed.value, self.step.value])
-        )
-        return tf.argsort(noise, axis=1)
+        return visiting_orders(self.order_seed.value, self.step.value, num_terms)
 
     def gramian_weights(self, gramian):
         num_terms = gramian.shape[0]

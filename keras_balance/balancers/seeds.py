@@ -32,6 +32,17 @@ def add_seed_weight(balancer, seed, name):
     return balancer.add_weight(shape=(), initializer=initializer, dtype="int64", trainable=False, name=name)
 
 
+def visiting_orders(order_seed, step, num_terms):
+    """K random permutations of 0..K-1, a stateless function of `(order_seed, step)`.
+
+    Row i is the order in which term i visits the others (PCGrad, GradVac);
+    the same seed and step give the same orders, so a restored run continues
+    the sequence.
+    """
+    noise = tf.random.stateless_uniform((num_terms, num_terms), seed=tf.stack([order_seed, step]))
+    return tf.argsort(noise, axis=1)
+
+
 def _mix(x):
     """An integer hash of uint32 values (Wellons' "lowbias32"): each output bit depends on every input bit."""
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
