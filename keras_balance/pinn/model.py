@@ -288,6 +288,31 @@ class PINNModel(BalancedModel):
     def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
         x = tf.convert_to_tensor(x)
         terms = self.pde.compute_loss(x[:, :1], x[:, 1:2], y_pred)
+        return self.reduce_terms(x, terms, training=training)
+
+    def point_terms(self, x, training=True):
+        """`(y_pred, terms)`: the prediction and the K per-point terms, each (N, 1), of a batch.
+
+        The per-point values whose batch means are the loss terms (see
+        `PDE.compute_loss`), before any pointwise or causal weighting; a
+        term that uses only the field has a gradient that skips the
+        derivative graph (see `forward_terms`).
+        """
+        x = tf.convert_to_tensor(x)
+        if not self.built:
+            # The fields bypass `__call__`, which would mark the models built
+            # (a built model saves and restores its optimizer state).
+            self.build(tuple(x.shape))
+        if not isinstance(self.solution, PINN) or list(self.solution.derivative_names) != list(self.pde.derivatives):
+            y_pred = self(x, training=training)
+            return y_pred, self.pde.compute_loss(x[:, :1], x[:, 1:2], y_pred)
+        fields = self.solution.fields(x, training=training)
+        y_pred = tf.concat([fields[name] for name in self.pde.derivatives], axis=1)
+        x = tf.cast(x, y_pred.dtype)
+        return y_pred, list(self.pde.residuals(x[:, :1], x[:, 1:2], fields))
+
+    def reduce_terms(self, x, terms, training=True):
+        """The K scalar terms: the batch means of the per-point `terms`."""
         return [tf.reduce_mean(term) for term in terms]
 
     def forward_terms(self, x, y=None, sample_weight=None, training=True):
@@ -298,15 +323,5 @@ class PINNModel(BalancedModel):
         derivative graph: with a gradient-level balancer, its per-term
         gradient then costs a first-order backward pass.
         """
-        x = tf.convert_to_tensor(x)
-        if not self.built:
-            # The fields bypass `__call__`, which would mark the models built
-            # (a built model saves and restores its optimizer state).
-            self.build(tuple(x.shape))
-        if not isinstance(self.solution, PINN) or list(self.solution.derivative_names) != list(self.pde.derivatives):
-            return super().forward_terms(x, y, sample_weight, training)
-        fields = self.solution.fields(x, training=training)
-        y_pred = tf.concat([fields[name] for name in self.pde.derivatives], axis=1)
-        x = tf.cast(x, y_pred.dtype)
-        terms = self.pde.residuals(x[:, :1], x[:, 1:2], fields)
-        return y_pred, [tf.reduce_mean(term) for term in terms]
+        y_pred, terms = self.point_terms(x, training=training)
+        return y_pred, self.reduce_terms(x, terms, training=training)
