@@ -35,6 +35,20 @@ class GradientNormalization(GradientBalancer):
       gradient. The losses of the first finite step are recorded as `L_i(0)`
       (in the variable `initial_losses`); a term with `L_i(0) = 0` uses
       `L~_i = L_i`, and `r_i` is floored at 0.
+    - `momentum` (default 0: off) makes the weights a moving average,
+      starting from 1, of the weights `w^_i` above:
+      `w_i <- momentum * w_i + (1 - momentum) * w^_i`, updated on the update
+      steps only (every `update_every` steps; held in between). The average
+      is kept in `term_weights`, restored with the rest of the state.
+
+    jaxpi's `grad_norm` weighting (the code accompanying S. Wang,
+    S. Sankaran, H. Wang and P. Perdikaris, "An expert's guide to training
+    physics-informed neural networks", arXiv:2308.08468, 2023, Algorithm 1)
+    is `GradientNormalization(scale="mean_norm", momentum=0.9,
+    update_every=1000)`: `w^_i = mean_j ||g_j|| / ||g_i||`, averaged with
+    momentum 0.9 from 1, every 1000 steps in its examples. (The guide's
+    Algorithm 1 writes the sum of the norms where jaxpi's code takes their
+    mean: a common factor K.)
 
     The weights multiply every gradient of their term
     (`weights_all_parameters = True`), as the loss `sum_i L_i / ||grad L_i||`
@@ -55,6 +69,10 @@ class GradientNormalization(GradientBalancer):
         epsilon: >= 0. Guard added to every norm, relative to the largest
             norm: a gradient more than 1/epsilon times smaller than the
             largest one is not blown up to unit length.
+        momentum: in [0, 1). Weight of the previous weights in their moving
+            average (0, default: the weights of the latest update; jaxpi: 0.9).
+        update_every: steps between two updates (default 1); the weights are
+            held in between and the model skips the per-term gradients.
         num_terms, nan_policy, name: see `Balancer`.
 
     Example:
@@ -69,7 +87,7 @@ class GradientNormalization(GradientBalancer):
     summary = "Sum of unit gradients, optionally times mean norm and r_i^alpha (Su 2022; Chen et al. 2018)."
     weights_all_parameters = True
 
-    def __init__(self, scale="none", alpha=None, epsilon=1e-12, num_terms=None, nan_policy="skip",
+    def __init__(self, scale="none", alpha=None, epsilon=1e-12, momentum=0.0, num_terms=None, nan_policy="skip",
                  name="gradient_normalization", **kwargs):
         if scale not in SCALES:
             raise ValueError(f"Argument `scale` must be one of {SCALES}; received scale={scale!r}.")
@@ -78,6 +96,7 @@ class GradientNormalization(GradientBalancer):
             alpha = check_range("alpha", alpha, 0.0, float("inf"), high_open=True)
         self.alpha = alpha
         self.epsilon = check_range("epsilon", epsilon, 0.0, float("inf"), high_open=True)
+        self.momentum = check_range("momentum", momentum, 0.0, 1.0, high_open=True)
         super().__init__(num_terms=num_terms, nan_policy=nan_policy, name=name, **kwargs)
 
     def build_state(self, num_terms):
@@ -110,9 +129,14 @@ class GradientNormalization(GradientBalancer):
             mean_ratio = tf.reduce_mean(ratios)
             rates = tf.maximum(ratios / tf.where(mean_ratio > 0.0, mean_ratio, 1.0), 0.0)
             weights = weights * tf.pow(rates, self.alpha)
-        return tf.minimum(weights, dtype_max)
+        weights = tf.minimum(weights, dtype_max)
+        if self.momentum > 0.0:
+            # The moving average from 1 (the initial `term_weights`).
+            previous = tf.cast(self.term_weights.value, tf.float64)
+            weights = self.momentum * previous + (1.0 - self.momentum) * weights
+        return weights
 
     def get_config(self):
         config = super().get_config()
-        config.update({"scale": self.scale, "alpha": self.alpha, "epsilon": self.epsilon})
+        config.update({"scale": self.scale, "alpha": self.alpha, "epsilon": self.epsilon, "momentum": self.momentum})
         return config

@@ -50,12 +50,12 @@ What agrees, and by how much (measured when the fixtures were written):
   `mean_j ||g_j|| / ||g_i||`, is `GradientNormalization(scale="mean_norm")`
   to 1.2e-7 relative (the default `epsilon=1e-12` changes the weights by
   about 1e-12), and so is jaxpi with momentum 0. With its momentum 0.9 jaxpi
-  keeps a moving average of the weights, starting from 1, which no
-  keras_balance configuration has: jaxpi's weights are exactly that average
-  of keras_balance's (1e-6), and differ from keras_balance's by up to 9.0
-  times the weight on these sequences (the directions `J^T w` down to a
-  cosine of 0.28). With a constant Jacobian the average approaches
-  keras_balance's weight as `0.9^k`.
+  keeps a moving average of the weights, starting from 1:
+  `GradientNormalization(scale="mean_norm", momentum=0.9)` reproduces it
+  (1e-6 relative). Without momentum the weights differ from jaxpi's by up
+  to 9.0 times the weight on these sequences (the directions `J^T w` down
+  to a cosine of 0.28). With a constant Jacobian the average approaches
+  the weight without momentum as `0.9^k`.
 """
 
 import json
@@ -260,7 +260,7 @@ def test_gradient_normalization_is_jaxpi_without_momentum(name):
 @pytest.mark.parametrize("name", sorted(JAXPI_CASES))
 def test_jaxpi_momentum_is_a_moving_average(name):
     # jaxpi with momentum 0.9 = the moving average, from 1, of keras_balance's
-    # weights; no keras_balance configuration keeps one.
+    # weights without momentum, which `momentum=0.9` keeps.
     case = JAXPI_CASES[name]
     ours = keras_weights(case)
     average = np.ones(ours.shape[1])
@@ -269,6 +269,14 @@ def test_jaxpi_momentum_is_a_moving_average(name):
         np.testing.assert_allclose(average, theirs, rtol=1e-6)
     ema = np.asarray(case["runs"]["0.9"]["ema"])
     assert np.max(np.abs(ours - ema) / ema) > 0.5
+    # The option reproduces jaxpi's momentum-0.9 run, weights and directions.
+    averaged = keras_weights(case, momentum=0.9)
+    np.testing.assert_allclose(averaged, ema, rtol=1e-6)
+    for jacobian, a, b in zip(case["jacobians"], averaged, ema):
+        jacobian = np.asarray(jacobian)
+        assert cosine(jacobian.T @ a, jacobian.T @ b) >= 0.9999
+    # And momentum 0 is the default.
+    np.testing.assert_array_equal(keras_weights(case, momentum=0.0), ours)
 
 
 def test_jaxpi_momentum_difference_sizes():
