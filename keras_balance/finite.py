@@ -121,4 +121,15 @@ def apply_if_finite(optimizer, grads, variables, terms, balancer=None, snapshot=
     return applied, skipped
 
 
-__all__ = ["apply_if_finite", "balancer_snapshot", "step_is_finite"]
+def state_snapshot(variables):
+    """`(variable, value)` pairs: the values of further step state (weightings inside the terms) at a step's start."""
+    return [(variable, tf.identity(variable.value)) for variable in variables]
+
+
+def restore_unless(applied, snapshot):
+    """Put the variables of a `state_snapshot` back unless the step was `applied`."""
+    for variable, old in snapshot:
+        variable.assign(tf.where(applied, variable.value, old))
+
+
+__all__ = ["apply_if_finite", "balancer_snapshot", "restore_unless", "state_snapshot", "step_is_finite"]

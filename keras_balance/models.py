@@ -19,7 +19,7 @@ from keras_balance import balancers as balancers_lib
 from keras_balance import compat, distribute, jacobians
 from keras_balance.data import full_batch_element, full_batch_fit_arguments
 from keras_balance.distribute_workarounds import MultiWorkerFixes
-from keras_balance.finite import apply_if_finite, balancer_snapshot
+from keras_balance.finite import apply_if_finite, balancer_snapshot, restore_unless, state_snapshot
 from keras_balance.jacobians import JACOBIAN_MODES
 from keras_balance.terms import LatestValue, OutputLosses, as_term_vector, check_term_names, output_keys, term_list
 
@@ -215,6 +215,12 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
                 f"Argument `jacobian_mode` must be one of {tuple(modes)} for the balancer {self.balancer.name!r}; "
                 f"received jacobian_mode={self.jacobian_mode!r}. {self.balancer.jacobian_modes_reason}".rstrip()
             )
+        if getattr(self.balancer, "uses_traces", False) and not hasattr(self, "ntk_traces"):
+            raise ValueError(
+                f"The balancer {self.balancer.name!r} ({type(self.balancer).__name__}) weighs the terms by the "
+                f"traces of their neural tangent kernels, computed from the per-point terms of a PINN: use "
+                f"`keras_balance.pinn.PINNModel`; {type(self).__name__} has no per-point terms."
+            )
         check_term_names(self.term_names, kwargs.get("metrics"), kwargs.get("weighted_metrics"))
         super().compile(optimizer=optimizer, **kwargs)
         if loss is not None:
@@ -316,9 +322,35 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         y_pred = self(x, training=training)
         return y_pred, self.compute_loss_terms(x, y, y_pred, sample_weight, training=training)
 
+    def step_state_variables(self):
+        """The variables of state that the terms themselves advance in a training step.
+
+        A step skipped as not finite puts them back, as it does the
+        balancer's state. None here; a `PINNModel` returns those of its
+        pointwise and causal weightings.
+        """
+        return []
+
     def _terms(self, x, y, sample_weight, training):
         y_pred, raw = self.forward_terms(x, y, sample_weight, training=training)
         return y_pred, raw, as_term_vector(raw, self.num_terms, f"{type(self).__name__}.compute_loss_terms")
+
+    def _hand_traces(self, x):
+        """Give a balancer that weighs the terms by their NTK traces (`"ntk"`) those of this batch.
+
+        Computed on the balancer's update steps only (a `tf.cond` on its
+        `needs_traces()`, read from its checkpointed step); in between it
+        keeps the traces it has. Under several replicas the traces are
+        computed on every step (a cross-replica mean cannot sit in a
+        `tf.cond` branch) and averaged over the replicas.
+        """
+        balancer = self.balancer
+        if distribute.num_replicas() > 1:
+            traces = distribute.replica_mean(self.ntk_traces(x, balancer))
+        else:
+            traces = tf.cond(balancer.needs_traces(), lambda: self.ntk_traces(x, balancer),
+                             lambda: tf.identity(balancer.traces.value))
+        balancer.update_traces(tf.stop_gradient(traces))
 
     def _regularization_loss(self):
         if not self.losses:
@@ -408,8 +440,12 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # A step that is not finite (terms or gradients) leaves the balancer as it began.
         snapshot = balancer_snapshot(self.balancer)
+        # So does the state of any weighting inside the terms.
+        held = state_snapshot(self.step_state_variables())
         if self.balancer.kind == balancers_lib.GRADIENT_LEVEL:
-            return self._gradient_level_step(x, y, sample_weight, snapshot, per_term)
+            return self._gradient_level_step(x, y, sample_weight, snapshot, per_term, held)
+        if getattr(self.balancer, "uses_traces", False):
+            self._hand_traces(x)
         with tf.GradientTape() as tape:
             y_pred, _, terms = self._terms(x, y, sample_weight, training=True)
             # Under tf.distribute: the values of the global batch (the same
@@ -425,6 +461,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         applied, skipped = apply_if_finite(
             self.optimizer, grads, variables, tf.stop_gradient(terms), self.balancer, snapshot
         )
+        restore_unless(applied, held)
         weights = tf.where(applied, weights, self.balancer.term_weights.value)
         return self._record(total + regularization, tf.stop_gradient(terms), weights, y, y_pred, sample_weight,
                             skipped)
@@ -442,7 +479,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         total = total + self._regularization_loss()
         return self._record(total, terms, weights, y, y_pred, sample_weight)
 
-    def _gradient_level_step(self, x, y, sample_weight, snapshot, per_term=None):
+    def _gradient_level_step(self, x, y, sample_weight, snapshot, per_term=None, held=()):
         # A balancer that updates every n steps (LR annealing) needs the
         # per-term gradients only on its update steps; in between a weighted
         # sum costs what Sum costs. The choice is read from the balancer's
@@ -472,6 +509,7 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         # weights, features); the optimizer sums them: each holds 1/replicas.
         grads = [distribute.scale(tf.cast(g, v.dtype)) for g, v in zip(grads, variables)]
         applied, skipped = apply_if_finite(self.optimizer, grads, variables, terms, self.balancer, snapshot)
+        restore_unless(applied, held)
         self.balancer.record_losses(terms)
         weights = tf.where(applied, weights, self.balancer.term_weights.value)
         total = tf.reduce_sum(weights * terms)

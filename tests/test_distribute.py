@@ -77,6 +77,11 @@ def test_mirrored_two_devices_match_one(tmp_path):
     _mirrored(DEFAULT, tmp_path)
 
 
+def test_mirrored_pointwise_and_causal_weights_match_one(tmp_path):
+    # RBA on every term and causal weights with a schedule, under a loss-level and a gradient-level balancer.
+    _mirrored(["relobralo:weighted", "pcgrad:weighted"], tmp_path)
+
+
 @pytest.mark.slow
 def test_mirrored_every_balancer(tmp_path):
     # SoftAdapt weighs differences of consecutive losses, which turns the

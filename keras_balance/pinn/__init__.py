@@ -3,5 +3,9 @@
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
 from keras_balance.pinn.model import PINN, PINNModel, build_pinn
 from keras_balance.pinn.networks import mlp
+from keras_balance.pinn.sampling import RAD, RARD, AdaptiveSampler, residual_density
 
-__all__ = ["PINN", "PINNModel", "build_pinn", "mlp", "parse_derivative", "partial_derivatives"]
+__all__ = [
+    "PINN", "PINNModel", "build_pinn", "mlp", "parse_derivative", "partial_derivatives",
+    "RAD", "RARD", "AdaptiveSampler", "residual_density",
+]

@@ -9,6 +9,7 @@ from keras_balance import balancers as balancers_lib
 from keras_balance import pde as pde_lib
 from keras_balance.models import BalancedModel
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
+from keras_balance.pinn import sampling as sampling_lib
 from keras_balance.pinn.networks import mlp
 
 
@@ -247,15 +248,19 @@ class PINNModel(BalancedModel):
         pde: a `keras_balance.pde.PDE`.
         solution: the `PINN` to train (default: `build_pinn(pde)`).
         balancer: see `BalancedModel`.
+        sampler: None, or an adaptive sampler of the collocation points
+            (`RAD`, `RARD`, see `keras_balance.pinn.sampling`): the model
+            holds its points, so checkpoints save and restore them.
     """
 
-    def __init__(self, pde, solution=None, balancer="sum", **kwargs):
+    def __init__(self, pde, solution=None, balancer="sum", sampler=None, **kwargs):
         _check_pde(pde)
         if solution is not None:
             _check_solution(pde, solution)
         super().__init__(balancer=balancer, term_names=pde.term_names, **kwargs)
         self.pde = pde
         self.solution = build_pinn(pde) if solution is None else solution
+        self.sampler = sampling_lib.check_sampler(pde, sampler)
         if isinstance(self.solution, PINN) and self.solution.network.built:
             # Ready to save, restore (BackupAndRestore) and train as it is.
             self.build((None, 2))
@@ -274,6 +279,8 @@ class PINNModel(BalancedModel):
         config.pop("term_names", None)  # the PDE's
         config["pde"] = pde_lib.serialize(self.pde)
         config["solution"] = keras.saving.serialize_keras_object(self.solution)
+        if self.sampler is not None:
+            config["sampler"] = keras.saving.serialize_keras_object(self.sampler)
         return config
 
     @classmethod
@@ -281,6 +288,8 @@ class PINNModel(BalancedModel):
         config = dict(config)
         pde = pde_lib.deserialize(config.pop("pde"), custom_objects=custom_objects)
         solution = keras.saving.deserialize_keras_object(config.pop("solution"), custom_objects=custom_objects)
+        if config.get("sampler") is not None:
+            config["sampler"] = keras.saving.deserialize_keras_object(config["sampler"], custom_objects=custom_objects)
         balancer = config.pop("balancer", "sum")
         config.pop("term_names", None)
         return cls(pde, solution, balancer=balancers_lib.get(balancer), **config)

@@ -47,7 +47,8 @@ def _train(strategy, name, route):
 
     import keras_balance as kb
 
-    pde = kb.HelmholtzPDE()
+    # "weighted": pointwise (RBA on every term) and causal weights inside a time-dependent problem's terms.
+    pde = kb.pde.BurgersPDE() if route == "weighted" else kb.HelmholtzPDE()
     points = pde.sample(64, 32, seed=0)
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -60,16 +61,21 @@ def _train(strategy, name, route):
         else:
             mode = "features" if route == "features" else "loop"
             balancer = _balancer(name, pde.num_terms)
-            model = kb.PINNModel(pde, network, balancer=balancer)
+            weightings = {}
+            if route == "weighted":
+                weightings = {"pointwise": kb.pinn.RBA(eta=0.01, gamma=0.9, terms=None),
+                              "causal": kb.pinn.CausalWeighting(chunks=3, epsilon=[0.01, 1.0])}
+            model = kb.PINNModel(pde, network, balancer=balancer, **weightings)
             model.compile(optimizer=keras.optimizers.Adam(1e-3), jacobian_mode=mode)
     history = model.fit(points, points, batch_size=GLOBAL_BATCH, epochs=STEPS, verbose=0, shuffle=False)
+    state = list(balancer.variables) + (model.step_state_variables() if route == "weighted" else [])
     replicas = [
         [np.asarray(r).tolist() for r in strategy.experimental_local_results(v.value)]
-        for v in balancer.variables
+        for v in state
     ]
     return {
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "balancer": {v.path: r for v, r in zip(balancer.variables, replicas)},
+        "balancer": {v.path: r for v, r in zip(state, replicas)},
         "parameters": [np.asarray(v.numpy()).tolist() for v in network.trainable_variables],
         "replicas": strategy.num_replicas_in_sync,
     }
