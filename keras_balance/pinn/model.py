@@ -101,7 +101,11 @@ class PINN(keras.Model):
             else:
                 angle = (2.0 * math.pi / self.periods[i]) * (value - (self._center[i] - self._half[i]))
                 features += [tf.cos(angle), tf.sin(angle)]
-        scaled = tf.concat(features, axis=1)
+        # Columns stacked rather than concatenated: under XLA with an unknown
+        # number of rows (a growing collocation set), the gradient of a
+        # concat is a dynamic slice whose own gradient (the second
+        # derivatives) TensorFlow does not have.
+        scaled = tf.stack([feature[:, 0] for feature in features], axis=1)
         return self.output_scale * self.network(scaled, training=training)
 
     def fields(self, inputs, training=False):

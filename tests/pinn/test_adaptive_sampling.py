@@ -170,12 +170,14 @@ def test_rad_redraws_every_n_steps_and_the_next_step_trains_on_them(jit_compile)
     assert int(sampler.steps.numpy()) == 10 and sampler.rounds == 3
 
 
-def test_rar_d_adds_m_points_per_round_up_to_the_limit_with_one_trace():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_rar_d_adds_m_points_per_round_up_to_the_limit_with_one_trace(jit_compile):
+    """Also under XLA, where the set's unknown number of rows reaches the second derivatives."""
     pde = HelmholtzPDE()
     sampler = RARD(pde, n_interior=40, n_boundary=16, points_per_round=7, max_interior=60, every=2,
                    num_candidates=400, seed=2)
     assert (sampler.k, sampler.c) == (2.0, 0.0)
-    model, log, initial = train(sampler, steps_per_epoch=5, epochs=2)
+    model, log, initial = train(sampler, steps_per_epoch=5, epochs=2, jit_compile=jit_compile)
     rows = [initial[1]] + [after[1] for after in log.after]
     # +7 after steps 2, 4, then the 6 left after step 6; nothing after that.
     assert rows == [56, 56, 63, 63, 70, 70, 76, 76, 76, 76, 76]
