@@ -81,6 +81,12 @@ class BalancedLoss(keras.losses.Loss):
                 f"received the {self.balancer.kind}-level balancer {self.balancer.name!r}. "
                 "Gradient-level balancers need `BalancedModel`."
             )
+        if getattr(self.balancer, "uses_traces", False):
+            raise ValueError(
+                f"The balancer {self.balancer.name!r} ({type(self.balancer).__name__}) weighs the terms by the "
+                "traces of their neural tangent kernels, which a Keras loss cannot compute (it sees the loss "
+                "values only). Use `keras_balance.pinn.PINNModel`, which computes them."
+            )
         # One owner per balancer on every route: a second loss (or a model)
         # would advance this state with its own losses.
         self.balancer.claim(self)

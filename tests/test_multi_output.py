@@ -25,7 +25,8 @@ def _two_heads(balancer, seed=0):
     return BalancedModel(inputs, [depth, seg], balancer=balancer)
 
 
-@pytest.mark.parametrize("name", LOSS_LEVEL)
+# NTK weighting needs per-point PDE terms (a PINNModel); tests/pinn/test_ntk.py checks its refusal here.
+@pytest.mark.parametrize("name", [n for n in LOSS_LEVEL if n != "ntk"])
 def test_every_loss_level_balancer_trains_a_two_head_model(name):
     x, depth, seg = _data()
     model = _two_heads(make(name, 2, seed=None))

@@ -26,6 +26,7 @@ from keras_balance.balancers.mgda import MGDA
 from keras_balance.balancers.pcgrad import PCGrad
 from keras_balance.balancers.gradnorm import GradNorm
 from keras_balance.balancers.lr_annealing import LRAnnealing
+from keras_balance.balancers.ntk import NTKWeighting
 from keras_balance.balancers.means import GeneralizedMean
 from keras_balance.balancers.registry import (
     available,
@@ -79,6 +80,7 @@ register("dualproj", DualProj)
 register("graddrop", GradDrop)
 register("db_mtl", DBMTL)
 register("excess_mtl", ExcessMTL)
+register("ntk", NTKWeighting)
 
 __all__ = [
     "Balancer",
@@ -117,6 +119,7 @@ __all__ = [
     "GradDrop",
     "DBMTL",
     "ExcessMTL",
+    "NTKWeighting",
     "available",
     "example",
     "constructor_arguments",

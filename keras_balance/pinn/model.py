@@ -11,6 +11,7 @@ from keras_balance.models import BalancedModel
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
 from keras_balance.pinn import sampling as sampling_lib
 from keras_balance.pinn.networks import mlp
+from keras_balance.pinn.ntk import term_traces
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -297,6 +298,25 @@ class PINNModel(BalancedModel):
         balancer = config.pop("balancer", "sum")
         config.pop("term_names", None)
         return cls(pde, solution, balancer=balancers_lib.get(balancer), **config)
+
+    def ntk_traces(self, x, balancer=None):
+        """The K traces of the terms' NTK blocks on the batch `x`, a (K,) tensor (see `pinn.ntk.term_traces`).
+
+        From the per-point terms of `point_terms` (before any pointwise or
+        causal weighting) and the trainable variables. `balancer`: one that
+        weighs by the traces (`NTKWeighting`), whose `means` and `points`
+        (rows drawn from its seed and step) are used; None: every row, the
+        diagonal's sum over the batch size.
+        """
+        means, points, seed, step = "batch", None, 0, 0
+        if balancer is not None:
+            means, points = balancer.means, balancer.points
+            seed, step = balancer.row_draw()
+        x = tf.convert_to_tensor(x)
+        if not self.built:
+            self.build(tuple(x.shape))
+        return term_traces(lambda rows: self.point_terms(rows, training=True)[1], x, self.trainable_variables,
+                           means=means, points=points, seed=seed, step=step)
 
     def compute_loss_terms(self, x, y=None, y_pred=None, sample_weight=None, training=True):
         x = tf.convert_to_tensor(x)
