@@ -55,12 +55,14 @@ How it runs (the design):
   assigns the variable. A draw is therefore a function of the seed, the
   round and the network's weights, which resuming restores.
 - RAD's element has a fixed shape, `(n_interior + n_boundary, 2)`. RAR-D's
-  grows, so its element has an unknown number of rows,
-  `(None, 2)`: one trace of the training step serves every size. Under
-  XLA (`jit_compile=True`), which compiles once per concrete shape, each
-  round's new size costs one compilation of the step (a second or so for a
-  small PINN), `(max_interior - n_interior) / points_per_round` of them in a
-  run; without XLA it costs nothing.
+  grows, so its element has an unknown number of rows, `(None, 2)`: one
+  trace of the training step serves every size. XLA (`jit_compile=True`)
+  compiles once per concrete shape, so under XLA each round's new size
+  compiles the step again, `(max_interior - n_interior) / points_per_round`
+  compilations in a run, each costing what the first step's compilation
+  costs (seconds for the default PINN on a CPU); without XLA a new size
+  costs nothing. For RAR-D with many rounds, `jit_compile=False` is usually
+  the cheaper choice.
 
 A term balancer composes with either sampler unchanged: it sees the K batch
 means of the current set's per-point terms, whose residual term the redraws
@@ -181,16 +183,19 @@ class AdaptiveSampler(keras.layers.Layer):
         rows[: self.n_interior] = initial[: self.n_interior]
         rows[capacity:] = initial[self.n_interior :]
         # The current set: interior rows [0, count), unused rows up to
-        # `capacity` (RAR-D), then the boundary rows.
-        self.points = self.add_weight(shape=rows.shape, initializer=keras.initializers.Zeros(), dtype="float32",
-                                      trainable=False, name="points")
-        self.points.assign(rows)
-        self.count = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.n_interior),
-                                     dtype="int32", trainable=False, name="count")
-        self.steps = self.add_weight(shape=(), initializer=keras.initializers.Zeros(), dtype="int64",
-                                     trainable=False, name="steps")
-        self.seed_variable = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.seed),
-                                             dtype="int64", trainable=False, name="seed")
+        # `capacity` (RAR-D), then the boundary rows. On the host: the
+        # dataset's functions run there and read it (a variable on a GPU
+        # cannot be read from them).
+        with tf.device("/CPU:0"):
+            self.points = self.add_weight(shape=rows.shape, initializer=keras.initializers.Zeros(), dtype="float32",
+                                          trainable=False, name="points")
+            self.points.assign(rows)
+            self.count = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.n_interior),
+                                         dtype="int32", trainable=False, name="count")
+            self.steps = self.add_weight(shape=(), initializer=keras.initializers.Zeros(), dtype="int64",
+                                         trainable=False, name="steps")
+            self.seed_variable = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.seed),
+                                                 dtype="int64", trainable=False, name="seed")
         self._residual_functions = _Functions()
         self.built = True
 
@@ -406,7 +411,8 @@ class RARD(AdaptiveSampler):
     is left). The boundary points stay the PDE's own sample, after the
     interior rows. The set grows, so the dataset's element has an unknown
     number of rows: one trace of the step serves every size, and under XLA
-    each new size compiles the step once (see
+    each new size compiles the step once more (seconds on a CPU; with many
+    rounds, `jit_compile=False` is usually cheaper; see
     `keras_balance.pinn.sampling`).
 
     Args:
