@@ -504,7 +504,8 @@ class AdaptiveSampling(keras.callbacks.Callback):
 
     After step s (counted over every `fit`, in the sampler's checkpointed
     `steps`), a step count that is a multiple of `every` runs
-    `sampler.resample(model)`; the next step trains on the new set. Made by
+    `sampler.resample(model)`; the next step trains on the new set (with
+    `steps_per_execution = n`, after the execution that reaches it). Made by
     `sampler.callback()`; the model must hold the sampler (`PINNModel(...,
     sampler=sampler)`), so that checkpoints hold its state.
     """
@@ -515,6 +516,7 @@ class AdaptiveSampling(keras.callbacks.Callback):
             raise TypeError(f"Argument `sampler` must be a `RAD` or `RARD`; received sampler={sampler!r}.")
         self.sampler = sampler
         self._steps = None
+        self._first = 0
 
     def on_train_begin(self, logs=None):
         if getattr(self.model, "sampler", None) is not self.sampler:
@@ -529,11 +531,16 @@ class AdaptiveSampling(keras.callbacks.Callback):
             # Read here rather than in `on_train_begin`: a BackupAndRestore
             # listed after this callback restores the count in its own.
             self._steps = int(self.sampler.steps.numpy())
+        self._first = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
+        # With `steps_per_execution = n`, Keras calls back once per n steps
+        # (`batch` is the last of them): the redraw comes after the
+        # execution in which the count reaches a multiple of `every`.
+        before = self._steps
+        self._steps += max(int(batch) - int(self._first), 0) + 1
         self.sampler.steps.assign(self._steps)
-        if self._steps % self.sampler.every == 0:
+        if self._steps // self.sampler.every > before // self.sampler.every:
             self.sampler.resample(self.model, self._steps // self.sampler.every)
 
 

@@ -222,6 +222,18 @@ def test_rad_puts_more_points_where_the_residual_is_large():
     assert abs(np.mean(chosen > np.quantile(uniform, 0.75)) - share) < 0.06
 
 
+def test_steps_per_execution_counts_every_step():
+    pde = HelmholtzPDE()
+    sampler = RAD(pde, n_interior=32, n_boundary=8, every=3, num_candidates=200, seed=0)
+    model = small_model(pde, sampler)
+    model.compile(optimizer="adam", steps_per_execution=2)
+    before = sampler.points.numpy()
+    model.fit(sampler.dataset(), steps_per_epoch=4, epochs=1, callbacks=[sampler.callback()], verbose=0)
+    # Steps 1-2, then 3-4: the count reaches 3 in the second execution, which is followed by one redraw.
+    assert int(sampler.steps.numpy()) == 4 and sampler.rounds == 1
+    assert not np.array_equal(sampler.points.numpy(), before)
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 
