@@ -342,11 +342,13 @@ class BalancedModel(MultiWorkerFixes, keras.Model):
         `needs_traces()`, read from its checkpointed step); in between it
         keeps the traces it has. Under several replicas the traces are
         computed on every step (a cross-replica mean cannot sit in a
-        `tf.cond` branch) and averaged over the replicas.
+        `tf.cond` branch), averaged over the replicas, and kept on update
+        steps only.
         """
         balancer = self.balancer
         if distribute.num_replicas() > 1:
-            traces = distribute.replica_mean(self.ntk_traces(x, balancer))
+            fresh = distribute.replica_mean(self.ntk_traces(x, balancer))
+            traces = tf.where(balancer.needs_traces(), fresh, balancer.traces.value)
         else:
             traces = tf.cond(balancer.needs_traces(), lambda: self.ntk_traces(x, balancer),
                              lambda: tf.identity(balancer.traces.value))

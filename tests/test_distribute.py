@@ -28,7 +28,7 @@ TIMEOUT_S = 420
 DEFAULT = ["relobralo:loss", "uncertainty", "generalized_mean", "mgda", "upgrad:features", "lr_annealing"]
 EVERY = [name for name in balancers.available()] + [
     f"{name}:loss" for name, cls in balancers.available().items() if cls.kind == balancers.LOSS_LEVEL
-    and name not in ("uncertainty", "imtl_l")  # trainable parameters: BalancedModel only
+    and name not in ("uncertainty", "imtl_l", "ntk")  # trainable parameters, NTK traces: BalancedModel only
 ] + [f"{name}:features" for name, cls in balancers.available().items() if cls.kind == balancers.GRADIENT_LEVEL]
 
 

@@ -188,4 +188,6 @@ def test_keras_loss_adapters_exist_for_every_method():
     for name in LOSS_LEVEL:
         if name in ("sum", "relobralo"):
             continue  # BalancedLoss(terms, "sum") and ReLoBRaLoLoss
+        if name == "ntk":
+            continue  # needs a PINNModel's NTK traces: a Keras loss refuses it
         assert name in adapters, name

@@ -35,8 +35,8 @@ def _balancer(name, num_terms):
 
     from keras_balance import balancers
 
-    # LR annealing holds its weights between updates: update within the run.
-    options = {"update_every": 2} if name == "lr_annealing" else {}
+    # LR annealing and NTK weighting hold their weights between updates: update within the run.
+    options = {"update_every": 2} if name in ("lr_annealing", "ntk") else {}
     if "seed" in inspect.signature(balancers.available()[name].__init__).parameters:
         options["seed"] = 0
     return balancers.example(name, num_terms, **options)
