@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_balance import balancers as balancers_lib
@@ -10,8 +11,10 @@ from keras_balance import pde as pde_lib
 from keras_balance.models import BalancedModel
 from keras_balance.pinn.derivatives import parse_derivative, partial_derivatives
 from keras_balance.pinn import sampling as sampling_lib
+from keras_balance.pinn import weighting as weighting_lib
 from keras_balance.pinn.networks import mlp
 from keras_balance.pinn.ntk import term_traces
+from keras_balance.terms import LatestValue
 
 
 @keras.saving.register_keras_serializable(package="keras_balance")
@@ -256,9 +259,20 @@ class PINNModel(BalancedModel):
         sampler: None, or an adaptive sampler of the collocation points
             (`RAD`, `RARD`, see `keras_balance.pinn.sampling`): the model
             holds its points, so checkpoints save and restore them.
+        pointwise: None, or a `PointwiseWeighting` (e.g. `RBA()`).
+        causal: None, or a `CausalWeighting` (a time-dependent `pde` only).
+
+    Weights inside the terms (see `keras_balance.pinn.weighting`) compose
+    with any term balancer: `pointwise` weighs the points of some terms
+    (`RBA`, `SelfAdaptiveWeights`), `causal` weighs the residual of a
+    time-dependent problem by time (`CausalWeighting`). Their weights are
+    logged with the terms: `<name>_<term>`, the mean point weight of a
+    weighted term (`rba_L_f`), and `w_<term>_t<i>` with `causal_epsilon`.
+    Pointwise weights need the whole collocation set as every batch (see
+    `fit`).
     """
 
-    def __init__(self, pde, solution=None, balancer="sum", sampler=None, **kwargs):
+    def __init__(self, pde, solution=None, balancer="sum", sampler=None, pointwise=None, causal=None, **kwargs):
         _check_pde(pde)
         if solution is not None:
             _check_solution(pde, solution)
@@ -266,6 +280,7 @@ class PINNModel(BalancedModel):
         self.pde = pde
         self.solution = build_pinn(pde) if solution is None else solution
         self.sampler = sampling_lib.check_sampler(pde, sampler)
+        self._attach_weightings(pointwise, causal)
         if isinstance(self.solution, PINN) and self.solution.network.built:
             # Ready to save, restore (BackupAndRestore) and train as it is.
             self.build((None, 2))
@@ -286,6 +301,9 @@ class PINNModel(BalancedModel):
         config["solution"] = keras.saving.serialize_keras_object(self.solution)
         if self.sampler is not None:
             config["sampler"] = keras.saving.serialize_keras_object(self.sampler)
+        for key in ("pointwise", "causal"):
+            if getattr(self, key) is not None:
+                config[key] = keras.saving.serialize_keras_object(getattr(self, key))
         return config
 
     @classmethod
@@ -293,8 +311,9 @@ class PINNModel(BalancedModel):
         config = dict(config)
         pde = pde_lib.deserialize(config.pop("pde"), custom_objects=custom_objects)
         solution = keras.saving.deserialize_keras_object(config.pop("solution"), custom_objects=custom_objects)
-        if config.get("sampler") is not None:
-            config["sampler"] = keras.saving.deserialize_keras_object(config["sampler"], custom_objects=custom_objects)
+        for key in ("sampler", "pointwise", "causal"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
         balancer = config.pop("balancer", "sum")
         config.pop("term_names", None)
         return cls(pde, solution, balancer=balancers_lib.get(balancer), **config)
@@ -344,9 +363,132 @@ class PINNModel(BalancedModel):
         x = tf.cast(x, y_pred.dtype)
         return y_pred, list(self.pde.residuals(x[:, :1], x[:, 1:2], fields))
 
+    # -- weights inside the terms ---------------------------------------------
+
+    def _attach_weightings(self, pointwise, causal):
+        if pointwise is not None and not isinstance(pointwise, weighting_lib.PointwiseWeighting):
+            raise TypeError(
+                "Argument `pointwise` must be None or a `keras_balance.pinn.PointwiseWeighting` (e.g. `RBA()`); "
+                f"received pointwise={pointwise!r}."
+            )
+        residual = getattr(self.pde, "residual_term", "L_f")
+        if causal is not None:
+            if not isinstance(causal, weighting_lib.CausalWeighting):
+                raise TypeError(
+                    "Argument `causal` must be None or a `keras_balance.pinn.CausalWeighting`; "
+                    f"received causal={causal!r}."
+                )
+            if getattr(self.pde, "time_axis", None) is None:
+                raise ValueError(
+                    f"Argument `causal` needs a time-dependent problem (time_axis set); {type(self.pde).__name__} "
+                    "is static."
+                )
+            term = causal.term or residual
+            if term not in self.term_names:
+                raise ValueError(
+                    f"Argument `causal` weighs the term {term!r}, which {type(self.pde).__name__} does not have; "
+                    f"its terms are {tuple(self.term_names)}."
+                )
+        if pointwise is not None and pointwise.num_points is not None:
+            pointwise.build_points(pointwise.num_points, self.term_names, residual)
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.pointwise = pointwise
+            self.causal = causal
+            self.weighting_metrics = []
+            if causal is not None:
+                term = causal.term or residual
+                self.weighting_metrics += [LatestValue(name=f"w_{term}_t{i}") for i in range(causal.chunks)]
+                self.weighting_metrics.append(LatestValue(name="causal_epsilon"))
+            if pointwise is not None:
+                self.weighting_metrics += [
+                    LatestValue(name=f"{pointwise.name}_{name}") for name in self._pointwise_names(pointwise)
+                ]
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def _pointwise_names(self, pointwise):
+        if pointwise.terms is None:
+            return tuple(self.term_names)
+        if pointwise.terms == weighting_lib.RESIDUAL:
+            return (getattr(self.pde, "residual_term", "L_f"),)
+        return tuple(pointwise.terms)
+
+    def step_state_variables(self):
+        variables = []
+        for weighting in (self.pointwise, self.causal):
+            if weighting is not None:
+                variables += weighting.state_variables
+        return variables
+
+    def _prepare_pointwise(self, x, batch_size):
+        """Build the pointwise state for the rows of the full batch that `fit` trains on."""
+        if isinstance(x, tf.data.Dataset):
+            spec = tf.nest.flatten(x.element_spec)[0]
+            rows = spec.shape[0] if spec.shape.rank else None
+        else:
+            first = tf.nest.flatten(x)[0] if x is not None else None
+            rows = int(np.shape(first)[0]) if first is not None and np.ndim(first) == 2 else None
+            if rows is not None and (batch_size is None or batch_size < rows):
+                raise ValueError(
+                    f"Pointwise weights ({type(self.pointwise).__name__}) are kept per collocation point, so every "
+                    f"step must train on the whole set: pass `batch_size={rows}` (the number of points) or "
+                    f"`keras_balance.full_batch(points)`; received batch_size={batch_size!r}."
+                )
+        if rows is None:
+            raise ValueError(
+                f"Pointwise weights ({type(self.pointwise).__name__}) need batches of a fixed, known number of "
+                "rows (the whole collocation set every step, e.g. `keras_balance.full_batch(points)`); "
+                f"received x={x!r}."
+            )
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and rows % replicas:
+            raise ValueError(
+                f"Pointwise weights under {replicas} replicas need a number of points divisible by the replicas; "
+                f"received {rows} points."
+            )
+        with self.distribute_strategy.scope():  # mirrored state under a strategy
+            self.pointwise.build_points(int(rows), self.term_names, getattr(self.pde, "residual_term", "L_f"))
+
+    def fit(self, *args, **kwargs):
+        """`BalancedModel.fit`; with pointwise weights, every batch must be the whole collocation set.
+
+        The pointwise state is built here for the number of rows of the
+        data (`x` as an array with `batch_size` at least its rows, or a
+        dataset whose batches have a static number of rows, such as
+        `full_batch(points)`).
+        """
+        if self.pointwise is not None:
+            x = args[0] if args else kwargs.get("x")
+            batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
+            self._prepare_pointwise(x, batch_size)
+        return super().fit(*args, **kwargs)
+
     def reduce_terms(self, x, terms, training=True):
-        """The K scalar terms: the batch means of the per-point `terms`."""
-        return [tf.reduce_mean(term) for term in terms]
+        """The K scalar terms: batch means of the per-point `terms`, after the pointwise and causal weights."""
+        if self.pointwise is not None:
+            terms = self.pointwise.apply_weights(x, terms, training=training)
+        scalars = [tf.reduce_mean(term) for term in terms]
+        if self.causal is not None:
+            index = list(self.term_names).index(self.causal.term or self.pde.residual_term)
+            x = tf.convert_to_tensor(x)
+            t = self.pde.time(x[:, :1], x[:, 1:2])
+            scalars[index] = self.causal.reduce(t, terms[index], self.pde.time_domain, training=training)
+        return scalars
+
+    def _record(self, total, terms, weights, y, y_pred, sample_weight, skipped=None):
+        metrics = iter(self.weighting_metrics)
+        if self.causal is not None:
+            for i in range(self.causal.chunks):
+                next(metrics).update_state(self.causal.causal_weights[i])
+            next(metrics).update_state(self.causal.epsilon())
+        if self.pointwise is not None and self.pointwise.num_points is not None:
+            means = self.pointwise.mean_weights()
+            for i in range(len(self.pointwise.indices)):
+                next(metrics).update_state(means[i])
+        return super()._record(total, terms, weights, y, y_pred, sample_weight, skipped)
 
     def forward_terms(self, x, y=None, sample_weight=None, training=True):
         """The terms from the PINN's separate fields (see `PINN.fields`).

@@ -147,12 +147,11 @@ class PointwiseWeighting(keras.layers.Layer):
         shape = (self.num_points, len(self.indices))
         self.point_weights = self.add_weight(
             shape=shape, initializer=keras.initializers.Constant(self.initial_weight), trainable=False,
-            name="point_weights", aggregation="only_first_replica",
+            name="point_weights",
         )
         self.points = self.add_weight(shape=(self.num_points, 2), initializer="zeros", trainable=False,
-                                      name="points", aggregation="only_first_replica")
-        self.has_points = self.add_weight(shape=(), initializer="zeros", trainable=False, name="has_points",
-                                          aggregation="only_first_replica")
+                                      name="points")
+        self.has_points = self.add_weight(shape=(), initializer="zeros", trainable=False, name="has_points")
         self.build_state(shape)
         self.built = True
 
@@ -381,11 +380,11 @@ class SelfAdaptiveWeights(PointwiseWeighting):
 
     def build_state(self, shape):
         self.first_moments = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                             name="first_moments", aggregation="only_first_replica")
+                                             name="first_moments")
         self.second_moments = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                              name="second_moments", aggregation="only_first_replica")
+                                              name="second_moments")
         self.ascent_steps = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                            name="ascent_steps", aggregation="only_first_replica")
+                                            name="ascent_steps")
 
     def reset_rows(self, changed):
         self.first_moments.assign(tf.where(changed, 0.0, self.first_moments.value))
@@ -495,10 +494,9 @@ class CausalWeighting(keras.layers.Layer):
         if term is not None and not isinstance(term, str):
             raise ValueError(f"Argument `term` must be None or a term name; received term={term!r}.")
         self.term = term
-        self.stage = self.add_weight(shape=(), initializer="zeros", trainable=False, name="stage",
-                                     aggregation="only_first_replica")
+        self.stage = self.add_weight(shape=(), initializer="zeros", trainable=False, name="stage")
         self.causal_weights = self.add_weight(shape=(chunks,), initializer="ones", trainable=False,
-                                              name="causal_weights", aggregation="only_first_replica")
+                                              name="causal_weights")
         self.built = True
 
     @property
