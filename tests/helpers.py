@@ -45,6 +45,7 @@ OPTIONS = {
     "initial_loss": [dict(n_initial=4, epsilon=1e-9)],
     "lr_annealing": [dict(smoothing=0.5, mode="mean", update_every=4, reference=1)],
     "nash_mtl": [dict(max_norm=0.5, update_every=2)],
+    "ntk": [dict(update_every=3, momentum=0.9, numerator="mean", means="own", points=16, seed=2)],
     "mgda": [dict(normalization="loss+", solver="frank_wolfe", max_iterations=40, tolerance=1e-5)],
     "pcgrad": [dict(reduction="mean", seed=42)],
     "prior_loss": [dict(prior_losses=[0.25, 3.0, 1.5], epsilon=1e-8)],
