@@ -105,11 +105,13 @@ class PINN(keras.Model):
             else:
                 angle = (2.0 * math.pi / self.periods[i]) * (value - (self._center[i] - self._half[i]))
                 features += [tf.cos(angle), tf.sin(angle)]
-        # Columns stacked rather than concatenated: under XLA with an unknown
-        # number of rows (a growing collocation set), the gradient of a
-        # concat is a dynamic slice whose own gradient (the second
-        # derivatives) TensorFlow does not have.
-        scaled = tf.stack([feature[:, 0] for feature in features], axis=1)
+        if x.shape[0] is None:
+            # An unknown number of rows (a growing collocation set): under
+            # XLA the gradient of a concat is then a dynamic slice whose own
+            # gradient (the second derivatives) TensorFlow does not have.
+            scaled = tf.stack([feature[:, 0] for feature in features], axis=1)
+        else:
+            scaled = tf.concat(features, axis=1)
         return self.output_scale * self.network(scaled, training=training)
 
     def fields(self, inputs, training=False):
