@@ -18,7 +18,10 @@ Sum), `results.json` (one record per run and the aggregates) and two figures
 (error over steps, final error maps); a balancer that fails or diverges is
 reported as such and the comparison goes on. Both take `--sampling
 uniform|sobol|halton`, `--resample` (fresh points every step) and
-`--lbfgs-steps N` (L-BFGS with frozen weights after Adam). The problem
+`--lbfgs-steps N` (L-BFGS with frozen weights after Adam), `--pointwise
+rba|sa` (pointwise weights inside the residual) and, for the
+time-dependent problems, `--causal M [--causal-epsilon EPS[,EPS...]]`
+(causal weights on M time chunks). The problem
 `multitask` (MultiDigits, `keras_balance.bench.multitask`) trains a
 three-task network on pairs of scikit-learn's digits instead of a PINN; its
 budget is `--epochs`, and `compare multitask` scores every run with each
@@ -28,6 +31,7 @@ loss-term and weight figures from a history CSV.
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -142,6 +146,13 @@ def _add_training_options(parser):
                              "low-discrepancy sequence (seeded random shift)")
     parser.add_argument("--resample", action="store_true",
                         help="a fresh set of collocation points every step (default: one fixed set)")
+    parser.add_argument("--pointwise", choices=["none", "rba", "sa"], default="none",
+                        help="pointwise weights inside the terms: residual-based attention (rba) or "
+                             "self-adaptive weights (sa), on the residual (default none)")
+    parser.add_argument("--causal", type=_non_negative_int, default=0, metavar="M",
+                        help="causal weights on M time chunks of the residual (time-dependent problems; default 0: off)")
+    parser.add_argument("--causal-epsilon", type=_epsilon_schedule, default=None, metavar="EPS[,EPS...]",
+                        help="the causality parameter, or an increasing schedule (default 1.0)")
     parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=None, metavar="N",
                         help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
                              "balancer's last weights frozen (default 0: none; 1500 for burgers)")
@@ -334,6 +345,18 @@ def cmd_train(args):
     return 0
 
 
+def _epsilon_schedule(text):
+    """`1.0` or `0.01,0.1,1`: a positive number, or an increasing list of them."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(v > 0 and math.isfinite(v) for v in values) or any(
+            a >= b for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"expected a positive number or an increasing list of them; received {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def _training_settings(args):
     """The Adam schedule and problem size given on the command line, checked (only those given)."""
     from keras_balance import bench
@@ -349,6 +372,17 @@ def _training_settings(args):
     settings = {"learning_rate": args.learning_rate, "width": args.width, "depth": args.depth,
                 "n_interior": args.interior_points, "n_boundary": args.boundary_points,
                 "final_learning_rate": args.final_learning_rate}
+    if args.pointwise != "none":
+        settings["pointwise"] = args.pointwise
+    if args.causal_epsilon is not None and not args.causal:
+        raise SystemExit("keras-balance: error: --causal-epsilon needs --causal M (the number of time chunks)")
+    if args.causal:
+        if args.pde not in ("burgers", "allen_cahn", "advection"):
+            raise SystemExit(f"keras-balance: error: argument --causal: {args.pde} is not time-dependent "
+                             "(burgers, allen_cahn and advection are)")
+        settings["causal"] = {"chunks": args.causal}
+        if args.causal_epsilon is not None:
+            settings["causal"]["epsilon"] = args.causal_epsilon
     if args.protocol is not None:
         from keras_balance.bench import protocols
 
@@ -415,7 +449,7 @@ def cmd_compare(args):
 _PDE_ONLY = {"steps": None, "protocol": None, "lr_schedule": "constant", "final_learning_rate": None,
              "interior_points": None, "boundary_points": None, "sampling": "uniform", "resample": False,
              "lbfgs_steps": None, "lbfgs_tolerance": None, "lbfgs_dtype": None, "timing_steps": None,
-             "timing_repeats": None}
+             "timing_repeats": None, "pointwise": "none", "causal": 0, "causal_epsilon": None}
 _MULTITASK_ONLY = {"epochs": None, "baseline": None}
 
 

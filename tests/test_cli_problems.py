@@ -47,3 +47,27 @@ def test_speed_on_a_periodic_problem_times_the_hand_written_step_too(capsys):
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert {"sum", "hand-written"} <= set(rows), table
+
+
+def test_train_with_pointwise_and_causal_weights(tmp_path):
+    path = tmp_path / "run.json"
+    arguments = ["train", "burgers", *SMALL, "--lbfgs-steps", "0", "--pointwise", "rba", "--causal", "4",
+                 "--causal-epsilon", "0.1,1", "--json", str(path)]
+    assert cli.main(arguments) == 0
+    record = json.loads(path.read_text())
+    assert record["settings"]["pointwise"] == "rba"
+    assert record["settings"]["causal"] == {"chunks": 4, "epsilon": [0.1, 1.0]}
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["train", "helmholtz", "--causal", "4"], "not time-dependent"),
+        (["train", "burgers", "--causal-epsilon", "1"], "needs --causal"),
+        (["train", "burgers", "--causal", "4", "--causal-epsilon", "1,0.1"], "increasing"),
+    ],
+)
+def test_causal_options_are_checked(arguments, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(arguments)
+    assert message in str(raised.value) + capsys.readouterr().err

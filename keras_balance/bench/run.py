@@ -217,6 +217,8 @@ def train(
     callbacks=None,
     protocol=None,
     plateau=None,
+    pointwise=None,
+    causal=None,
     **overrides,
 ):
     """Train a PINN on `pde` with `balancer` and return a `RunResult`.
@@ -258,6 +260,13 @@ def train(
             a `PlateauSchedule` evaluated every `log_every` steps (None: none;
             it needs a constant learning rate). The run reports the best
             network it saw.
+        pointwise: pointwise weights inside the terms: None, `"rba"`
+            (`RBA()`), `"sa"` (`SelfAdaptiveWeights()`), or a
+            `PointwiseWeighting` (see `keras_balance.pinn.weighting`).
+        causal: causal weights of a time-dependent problem's residual:
+            None, the number of time chunks, `{"chunks": M, "epsilon": e}`
+            (e a number or an increasing list, the schedule), or a
+            `CausalWeighting`.
         **overrides: `n_interior`, `n_boundary`, `width`, `depth`, `output_scale`.
 
     Returns:
@@ -328,7 +337,8 @@ def train(
         seed=seed,
         output_scale=settings["output_scale"],
     )
-    model = PINNModel(problem, solution, balancer=balancer_obj)
+    model = PINNModel(problem, solution, balancer=balancer_obj, pointwise=pointwise_weighting(pointwise),
+                      causal=causal_weighting(causal))
     rate = learning_rate_schedule(lr_schedule, settings["learning_rate"], steps, final_learning_rate)
     model.compile(optimizer=keras.optimizers.Adam(rate), jit_compile=jit_compile)
     stopper = _StopOnNonFinite()
@@ -424,9 +434,50 @@ def train(
                   "final_learning_rate": None if lr_schedule == "constant"
                   else final_learning_rate or settings["learning_rate"] / 100.0,
                   **({"protocol": protocol} if protocol is not None else {}),
+                  **({"pointwise": pointwise if isinstance(pointwise, str) else type(pointwise).__name__}
+                     if pointwise not in (None, "none") else {}),
+                  **({"causal": causal if isinstance(causal, (int, dict)) else type(causal).__name__}
+                     if causal not in (None, 0) else {}),
                   **({"pde_options": problem.get_config()} if protocol is not None or pde_options else {}),
                   **({"plateau": dict(plateau), "plateau_cuts": schedule.events, "steps_run": done}
                      if schedule is not None else {})},
+    )
+
+
+#: The pointwise weightings `train` knows by name.
+POINTWISE = ("none", "rba", "sa")
+
+
+def pointwise_weighting(spec):
+    """A `PointwiseWeighting` from `train`'s `pointwise` argument (None for none)."""
+    from keras_balance.pinn import weighting
+
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, weighting.PointwiseWeighting):
+        return spec
+    if spec == "rba":
+        return weighting.RBA()
+    if spec == "sa":
+        return weighting.SelfAdaptiveWeights()
+    raise ValueError(f"Argument `pointwise` must be one of {POINTWISE} or a PointwiseWeighting; received {spec!r}.")
+
+
+def causal_weighting(spec):
+    """A `CausalWeighting` from `train`'s `causal` argument (None for none)."""
+    from keras_balance.pinn import weighting
+
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool) and spec == 0):
+        return None
+    if isinstance(spec, weighting.CausalWeighting):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return weighting.CausalWeighting(chunks=spec)
+    if isinstance(spec, dict) and set(spec) <= {"chunks", "epsilon", "threshold"}:
+        return weighting.CausalWeighting(**spec)
+    raise ValueError(
+        "Argument `causal` must be None, a number of time chunks, a dict with `chunks`, `epsilon` and "
+        f"`threshold`, or a CausalWeighting; received causal={spec!r}."
     )
 
 
