@@ -21,7 +21,8 @@ uniform|sobol|halton`, `--resample` (fresh points every step) and
 `--lbfgs-steps N` (L-BFGS with frozen weights after Adam), `--pointwise
 rba|sa` (pointwise weights inside the residual) and, for the
 time-dependent problems, `--causal M [--causal-epsilon EPS[,EPS...]]`
-(causal weights on M time chunks). The problem
+(causal weights on M time chunks), `--adaptive rad|rar-d
+[--adaptive-every N]` (residual-based adaptive sampling). The problem
 `multitask` (MultiDigits, `keras_balance.bench.multitask`) trains a
 three-task network on pairs of scikit-learn's digits instead of a PINN; its
 budget is `--epochs`, and `compare multitask` scores every run with each
@@ -153,6 +154,11 @@ def _add_training_options(parser):
                         help="causal weights on M time chunks of the residual (time-dependent problems; default 0: off)")
     parser.add_argument("--causal-epsilon", type=_epsilon_schedule, default=None, metavar="EPS[,EPS...]",
                         help="the causality parameter, or an increasing schedule (default 1.0)")
+    parser.add_argument("--adaptive", choices=["rad", "rar-d"], default=None,
+                        help="residual-based adaptive sampling of the interior points (RAD redraws them, RAR-D "
+                             "adds to them; default: fixed points)")
+    parser.add_argument("--adaptive-every", type=_positive_int, default=None, metavar="N",
+                        help="steps between two redraws of --adaptive (default 1000)")
     parser.add_argument("--lbfgs-steps", type=_non_negative_int, default=None, metavar="N",
                         help="after Adam, up to N L-BFGS iterations on the balanced loss with the "
                              "balancer's last weights frozen (default 0: none; 1500 for burgers)")
@@ -374,6 +380,14 @@ def _training_settings(args):
                 "final_learning_rate": args.final_learning_rate}
     if args.pointwise != "none":
         settings["pointwise"] = args.pointwise
+    if args.adaptive_every is not None and args.adaptive is None:
+        raise SystemExit("keras-balance: error: --adaptive-every needs --adaptive rad|rar-d")
+    if args.adaptive is not None:
+        if args.resample:
+            raise SystemExit("keras-balance: error: --adaptive and --resample both choose the points; pass one")
+        settings["adaptive"] = {"method": args.adaptive.replace("-", "_")}
+        if args.adaptive_every is not None:
+            settings["adaptive"]["every"] = args.adaptive_every
     if args.causal_epsilon is not None and not args.causal:
         raise SystemExit("keras-balance: error: --causal-epsilon needs --causal M (the number of time chunks)")
     if args.causal:
@@ -449,7 +463,8 @@ def cmd_compare(args):
 _PDE_ONLY = {"steps": None, "protocol": None, "lr_schedule": "constant", "final_learning_rate": None,
              "interior_points": None, "boundary_points": None, "sampling": "uniform", "resample": False,
              "lbfgs_steps": None, "lbfgs_tolerance": None, "lbfgs_dtype": None, "timing_steps": None,
-             "timing_repeats": None, "pointwise": "none", "causal": 0, "causal_epsilon": None}
+             "timing_repeats": None, "pointwise": "none", "causal": 0, "causal_epsilon": None, "adaptive": None,
+             "adaptive_every": None}
 _MULTITASK_ONLY = {"epochs": None, "baseline": None}
 
 

@@ -71,3 +71,24 @@ def test_causal_options_are_checked(arguments, message, capsys):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)
     assert message in str(raised.value) + capsys.readouterr().err
+
+
+def test_train_with_adaptive_sampling_and_rba(tmp_path):
+    path = tmp_path / "run.json"
+    arguments = ["train", "helmholtz", *SMALL, "--steps", "4", "--adaptive", "rad", "--adaptive-every", "2",
+                 "--pointwise", "rba", "--json", str(path)]
+    assert cli.main(arguments) == 0
+    record = json.loads(path.read_text())
+    assert record["settings"]["adaptive"] == {"method": "rad", "every": 2}
+    assert record["status"] == "ok"
+
+
+def test_adaptive_sampler_redraws_in_train():
+    result = run.train("helmholtz", "sum", steps=4, verbose=0, jit_compile=False, adaptive={"method": "rad", "every": 2,
+                       "num_candidates": 500}, n_interior=32, n_boundary=8, width=8, depth=1)
+    first = run.train("helmholtz", "sum", steps=1, verbose=0, jit_compile=False, n_interior=32, n_boundary=8,
+                      width=8, depth=1).points
+    assert result.model.sampler.rounds == 2
+    # The interior rows were redrawn, the boundary rows kept.
+    assert not np.allclose(result.points[:32], first[:32])
+    np.testing.assert_array_equal(result.points[32:], first[32:])

@@ -219,6 +219,7 @@ def train(
     plateau=None,
     pointwise=None,
     causal=None,
+    adaptive=None,
     **overrides,
 ):
     """Train a PINN on `pde` with `balancer` and return a `RunResult`.
@@ -267,6 +268,11 @@ def train(
             None, the number of time chunks, `{"chunks": M, "epsilon": e}`
             (e a number or an increasing list, the schedule), or a
             `CausalWeighting`.
+        adaptive: residual-based adaptive sampling of the interior points:
+            None, `"rad"`, `"rar_d"`, or `{"method": "rad", "every": n,
+            ...}` with the other arguments of `RAD` / `RARD` (see
+            `keras_balance.pinn.sampling`; every 1000 steps by default).
+            The L-BFGS phase trains on the last set.
         **overrides: `n_interior`, `n_boundary`, `width`, `depth`, `output_scale`.
 
     Returns:
@@ -337,12 +343,19 @@ def train(
         seed=seed,
         output_scale=settings["output_scale"],
     )
+    sampler = adaptive_sampler(adaptive, problem, settings["n_interior"], settings["n_boundary"], seed, sampling)
+    if sampler is not None:
+        if resample:
+            raise ValueError("Arguments `adaptive` and `resample` both choose the points of every step; pass one.")
+        dataset = sampler.dataset()
     model = PINNModel(problem, solution, balancer=balancer_obj, pointwise=pointwise_weighting(pointwise),
-                      causal=causal_weighting(causal))
+                      causal=causal_weighting(causal), sampler=sampler)
     rate = learning_rate_schedule(lr_schedule, settings["learning_rate"], steps, final_learning_rate)
     model.compile(optimizer=keras.optimizers.Adam(rate), jit_compile=jit_compile)
     stopper = _StopOnNonFinite()
     callbacks = [ExactErrorHistory(problem, solution.predict_field), stopper, *(callbacks or [])]
+    if sampler is not None:
+        callbacks.insert(0, sampler.callback())
     schedule = None
     if plateau is not None:
         from keras_balance.bench.protocols import PlateauSchedule
@@ -383,6 +396,8 @@ def train(
     status = "ok" if stopper.step is None else f"diverged at step ~{stopper.step}"
     errors = problem.error(solution.predict_field, n=101)
     errors_adam, lbfgs_summary = dict(errors), None
+    if sampler is not None:
+        points = sampler.current_points().numpy()  # the last set: L-BFGS trains on it
     if lbfgs_steps and stopper.step is None:
         from keras_balance import lbfgs
 
@@ -438,6 +453,8 @@ def train(
                      if pointwise not in (None, "none") else {}),
                   **({"causal": causal if isinstance(causal, (int, dict)) else type(causal).__name__}
                      if causal not in (None, 0) else {}),
+                  **({"adaptive": adaptive if isinstance(adaptive, (str, dict)) else type(adaptive).__name__}
+                     if adaptive is not None else {}),
                   **({"pde_options": problem.get_config()} if protocol is not None or pde_options else {}),
                   **({"plateau": dict(plateau), "plateau_cuts": schedule.events, "steps_run": done}
                      if schedule is not None else {})},
@@ -479,6 +496,27 @@ def causal_weighting(spec):
         "Argument `causal` must be None, a number of time chunks, a dict with `chunks`, `epsilon` and "
         f"`threshold`, or a CausalWeighting; received causal={spec!r}."
     )
+
+
+def adaptive_sampler(spec, problem, n_interior, n_boundary, seed, sampling="uniform"):
+    """An adaptive sampler (`RAD`, `RARD`) from `train`'s `adaptive` argument (None for none)."""
+    from keras_balance.pinn import sampling as sampling_lib
+
+    if spec is None:
+        return None
+    if isinstance(spec, sampling_lib.AdaptiveSampler):
+        return spec
+    options = {"method": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else None
+    classes = {"rad": sampling_lib.RAD, "rar_d": sampling_lib.RARD}
+    if options is None or options.get("method") not in classes:
+        raise ValueError(
+            f"Argument `adaptive` must be None, one of {tuple(classes)}, a dict with `method` and the sampler's "
+            f"arguments, or a sampler; received adaptive={spec!r}."
+        )
+    method = options.pop("method")
+    options.setdefault("seed", seed)
+    options.setdefault("sampling", sampling)
+    return classes[method](problem, n_interior=n_interior, n_boundary=n_boundary, **options)
 
 
 LR_SCHEDULES = ("constant", "exponential", "cosine")
