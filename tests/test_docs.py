@@ -17,7 +17,7 @@ MKDOCS_YML = ROOT / "mkdocs.yml"
 DOCS = ROOT / "docs"
 
 SITE_URL = "https://keras-balance.github.io/keras_balance/"
-NOTEBOOKS = ("helmholtz", "kirchhoff", "multitask", "custom_pde", "multitask_benchmark")
+NOTEBOOKS = ("helmholtz", "kirchhoff", "multitask", "custom_pde", "multitask_benchmark", "time_dependent")
 COLAB_URL = "https://colab.research.google.com/github/keras-balance/keras_balance/blob/main/colab/{}.ipynb"
 
 # The words the README and the navigation use for `Balancer.kind`.

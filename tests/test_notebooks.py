@@ -19,7 +19,8 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 COLAB = Path(__file__).resolve().parents[1] / "colab"
-NOTEBOOKS = ["helmholtz.ipynb", "kirchhoff.ipynb", "multitask.ipynb", "custom_pde.ipynb", "multitask_benchmark.ipynb"]
+NOTEBOOKS = ["helmholtz.ipynb", "kirchhoff.ipynb", "multitask.ipynb", "custom_pde.ipynb", "multitask_benchmark.ipynb",
+             "time_dependent.ipynb"]
 BADGE_URL = "https://colab.research.google.com/github/keras-balance/keras_balance/blob/main/colab/{name}"
 REPOSITORY = "git+https://github.com/keras-balance/keras_balance"
 KERNEL_NAME = "keras-balance-tests"
@@ -220,3 +221,17 @@ def test_custom_pde_notebook_runs_top_to_bottom(kernel, tmp_path):
     assert [w.split("=")[0] for w in rows["PoissonFromSensors"][3:]] == ["residual", "data"]
     assert [w.split("=")[0] for w in rows["PINNModel"][3:]] == ["L_f", "L_b"]
     assert len(_figures(code_cells)) == 2, "expected the training curves and the solution figure inline"
+
+
+def test_time_dependent_notebook_runs_top_to_bottom(kernel, tmp_path):
+    code_cells = _execute("time_dependent.ipynb", kernel, tmp_path)
+    check = next(_text(cell) for cell in code_cells if "largest term of the reference solution" in _text(cell))
+    # The Cole-Hopf reference satisfies the residual to its quadrature's accuracy.
+    assert float(check.split("largest term of the reference solution:")[1].split()[0]) < 1e-6
+    rows = _table(code_cells, "rel. L2 error")
+    assert set(rows) == {"plain", "causal"}
+    for name, words in rows.items():
+        assert _finite_positive(words[0]) and _finite_positive(words[1]), (name, words)
+    assert math.isnan(float(rows["plain"][2]))
+    assert 0.0 < float(rows["causal"][2]) <= 1.0  # the smallest causal weight
+    assert len(_figures(code_cells)) == 2, "expected the causal-weight and solution figures inline"
