@@ -23,9 +23,11 @@ TIMEOUT_S = 420
 # One of each mechanism: the plain Keras loss route (ReLoBRaLo's random
 # draws, stop-gradient weights), trainable balancer parameters, a
 # differentiable total, per-term Jacobians (parameters and representation),
-# and an update-every-n schedule. GradNorm's own optimizer runs in the
-# multi-worker test and with `-m slow`.
-DEFAULT = ["relobralo:loss", "uncertainty", "generalized_mean", "mgda", "upgrad:features", "lr_annealing"]
+# an update-every-n schedule, and pointwise (RBA) and causal weights inside
+# the terms. GradNorm's own optimizer runs in the multi-worker test and with
+# `-m slow`.
+DEFAULT = ["relobralo:loss", "uncertainty", "generalized_mean", "mgda", "upgrad:features", "lr_annealing",
+           "pcgrad:weighted"]
 EVERY = [name for name in balancers.available()] + [
     f"{name}:loss" for name, cls in balancers.available().items() if cls.kind == balancers.LOSS_LEVEL
     and name not in ("uncertainty", "imtl_l", "ntk")  # trainable parameters, NTK traces: BalancedModel only
@@ -77,9 +79,11 @@ def test_mirrored_two_devices_match_one(tmp_path):
     _mirrored(DEFAULT, tmp_path)
 
 
+@pytest.mark.slow
 def test_mirrored_pointwise_and_causal_weights_match_one(tmp_path):
-    # RBA on every term and causal weights with a schedule, under a loss-level and a gradient-level balancer.
-    _mirrored(["relobralo:weighted", "pcgrad:weighted"], tmp_path)
+    # RBA on every term and causal weights with a schedule, under a loss-level balancer (the default
+    # test runs them under a gradient-level one).
+    _mirrored(["relobralo:weighted", "sum:weighted"], tmp_path)
 
 
 @pytest.mark.slow
