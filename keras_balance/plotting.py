@@ -51,6 +51,11 @@ def plot_weights(steps, history, term_names, path, title=None, xlabel="step"):
     return _save(fig, path)
 
 
+def _axis_labels(pde):
+    """The names of the two coordinates: ("x", "t") for a time-dependent problem, else ("x", "y")."""
+    return ("x", "t") if getattr(pde, "time_axis", None) == 1 else ("x", "y")
+
+
 def _field_on_grid(pde, predict, n):
     points = pde.grid(n)
     predicted = np.asarray(predict(points)).reshape(n, n)
@@ -67,8 +72,8 @@ def plot_solution(pde, predict, path, n=101, title=None):
     for ax, field, label in ((axes[0], predicted, "predicted"), (axes[1], exact, "exact")):
         image = ax.imshow(field, origin="lower", extent=(x0, x1, y0, y1), vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_title(label)
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
+        ax.set_xlabel(_axis_labels(pde)[0])
+        ax.set_ylabel(_axis_labels(pde)[1])
         fig.colorbar(image, ax=ax)
     if title:
         fig.suptitle(title)
@@ -82,8 +87,8 @@ def plot_error(pde, predict, path, n=101, title=None):
     fig, ax = _figure(figsize=(5.4, 4.2))
     image = ax.imshow(np.abs(predicted - exact), origin="lower", extent=(x0, x1, y0, y1), cmap="magma")
     ax.set_title(title or "|u - u_exact|")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    ax.set_xlabel(_axis_labels(pde)[0])
+    ax.set_ylabel(_axis_labels(pde)[1])
     fig.colorbar(image, ax=ax)
     return _save(fig, path)
 

@@ -42,3 +42,11 @@ def test_missing_file_and_bad_files_are_clear_errors(tmp_path):
     text = write_csv(tmp_path / "text.csv", ["step", "a", "w_a"], [[1, "high", 3]])
     with pytest.raises(SystemExit, match="line 2, column 'a'.*'high'"):
         cli.main(["plot", str(text), "--out", str(tmp_path)])
+
+
+def test_maps_of_a_time_dependent_problem_label_the_time_axis():
+    from keras_balance import plotting
+    from keras_balance.pde import BurgersPDE, HelmholtzPDE
+
+    assert plotting._axis_labels(BurgersPDE()) == ("x", "t")
+    assert plotting._axis_labels(HelmholtzPDE()) == ("x", "y")
